@@ -1,0 +1,85 @@
+//! Incremental decoder that turns the chunks of a session body into frames.
+
+use bytes::{Buf, BytesMut};
+
+use crate::decode::{decode_contents, read_length_prefix};
+use crate::encode::LENGTH_PREFIX_BYTES;
+use crate::error::FrameError;
+use crate::frame::Frame;
+
+/// Decoder for one direction of a session: feed it the body chunks as they
+/// arrive with [`FrameDecoder::extend`], then call
+/// [`FrameDecoder::next_frame`] until it returns `Ok(None)`.
+///
+/// The length prefix of a frame is checked against `max_frame_bytes` as soon
+/// as its 4 bytes are buffered, before the body arrives. A caller that calls
+/// `next_frame` until `Ok(None)` after every `extend` therefore buffers less
+/// than `max_frame_bytes` + 4 bytes plus the last chunk.
+///
+/// The first error is final: `next_frame` returns it again on every later
+/// call, and `extend` discards further input, because the frame boundaries
+/// after a bad frame cannot be trusted.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buffer: BytesMut,
+    max_frame_bytes: usize,
+    failure: Option<FrameError>,
+}
+
+impl FrameDecoder {
+    /// Creates a decoder that rejects frames whose length prefix, which
+    /// counts the type byte and the body, is above `max_frame_bytes`.
+    pub fn new(max_frame_bytes: usize) -> Self {
+        FrameDecoder {
+            buffer: BytesMut::new(),
+            max_frame_bytes,
+            failure: None,
+        }
+    }
+
+    /// Appends received bytes. Discards them once the decoder has failed.
+    pub fn extend(&mut self, chunk: &[u8]) {
+        if self.failure.is_none() {
+            self.buffer.extend_from_slice(chunk);
+        }
+    }
+
+    /// Returns the next complete frame, `Ok(None)` if more bytes are needed,
+    /// or the error that made the stream unusable.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if let Some(error) = &self.failure {
+            return Err(error.clone());
+        }
+        match self.decode_next() {
+            Ok(frame) => Ok(frame),
+            Err(error) => {
+                self.failure = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// Returns the number of bytes buffered but not yet decoded.
+    pub fn buffered_len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    fn decode_next(&mut self) -> Result<Option<Frame>, FrameError> {
+        let Some(length) = read_length_prefix(&self.buffer, self.max_frame_bytes)? else {
+            return Ok(None);
+        };
+
+        let frame_end = LENGTH_PREFIX_BYTES + length;
+        if self.buffer.len() < frame_end {
+            // Reserve the rest of the frame at once rather than growing with
+            // each chunk. `length` is already within the limit, so this
+            // requests at most `max_frame_bytes` + 4 bytes.
+            self.buffer.reserve(frame_end - self.buffer.len());
+            return Ok(None);
+        }
+
+        let frame = decode_contents(&self.buffer[LENGTH_PREFIX_BYTES..frame_end])?;
+        self.buffer.advance(frame_end);
+        Ok(Some(frame))
+    }
+}

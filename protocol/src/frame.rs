@@ -1,0 +1,145 @@
+//! Frame types of the agent session protocol and their type bytes.
+
+use bytes::Bytes;
+
+use crate::error::FrameError;
+
+pub(crate) const HELLO: u8 = 1;
+pub(crate) const WELCOME: u8 = 2;
+pub(crate) const TASK: u8 = 3;
+pub(crate) const TASK_RESULT: u8 = 4;
+pub(crate) const PING: u8 = 5;
+pub(crate) const PONG: u8 = 6;
+pub(crate) const GO_AWAY: u8 = 7;
+
+/// One message of an agent session, in either direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Agent to gateway, the first frame of a session (type 1).
+    Hello {
+        /// Protocol version the agent speaks.
+        protocol_version: u16,
+        /// Maximum number of tasks the agent runs at the same time.
+        max_concurrent_tasks: u32,
+        /// Agent software version, for logs.
+        agent_version: String,
+        /// Identifier of the agent instance, for logs and session bookkeeping.
+        instance_id: String,
+    },
+    /// Gateway to agent, the reply to `Hello` (type 2).
+    Welcome {
+        /// Protocol version the gateway speaks on this session.
+        protocol_version: u16,
+        /// Session identifier assigned by the gateway, for logs on both sides.
+        session_id: String,
+        /// Heartbeat interval in milliseconds, chosen by the gateway.
+        heartbeat_interval_ms: u32,
+    },
+    /// Gateway to agent: a task to run (type 3).
+    Task {
+        task_id: String,
+        /// Task kind, which selects the handler on the agent.
+        kind: String,
+        /// Time limit for the task, in milliseconds.
+        timeout_ms: u32,
+        payload: Bytes,
+    },
+    /// Agent to gateway: the result of a `Task` (type 4).
+    TaskResult {
+        task_id: String,
+        outcome: TaskOutcome,
+        payload: Bytes,
+    },
+    /// Liveness probe, either direction (type 5). The receiver returns a
+    /// `Pong` with the same nonce.
+    Ping { nonce: u64 },
+    /// Reply to a `Ping`, either direction (type 6).
+    Pong { nonce: u64 },
+    /// Gateway to agent: the session ends, and the agent reconnects after
+    /// `reconnect_after_ms` milliseconds (type 7).
+    GoAway {
+        reason: GoAwayReason,
+        reconnect_after_ms: u32,
+        /// Human-readable detail, for logs.
+        message: String,
+    },
+}
+
+impl Frame {
+    /// Returns the type byte that precedes the body on the wire.
+    pub fn frame_type(&self) -> u8 {
+        match self {
+            Frame::Hello { .. } => HELLO,
+            Frame::Welcome { .. } => WELCOME,
+            Frame::Task { .. } => TASK,
+            Frame::TaskResult { .. } => TASK_RESULT,
+            Frame::Ping { .. } => PING,
+            Frame::Pong { .. } => PONG,
+            Frame::GoAway { .. } => GO_AWAY,
+        }
+    }
+
+    /// Returns a short static name for logs and metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "hello",
+            Frame::Welcome { .. } => "welcome",
+            Frame::Task { .. } => "task",
+            Frame::TaskResult { .. } => "task_result",
+            Frame::Ping { .. } => "ping",
+            Frame::Pong { .. } => "pong",
+            Frame::GoAway { .. } => "go_away",
+        }
+    }
+}
+
+/// Outcome of a task, sent as one byte in `TaskResult`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum TaskOutcome {
+    Succeeded = 0,
+    Failed = 1,
+}
+
+impl TryFrom<u8> for TaskOutcome {
+    type Error = FrameError;
+
+    fn try_from(value: u8) -> Result<Self, FrameError> {
+        match value {
+            0 => Ok(TaskOutcome::Succeeded),
+            1 => Ok(TaskOutcome::Failed),
+            _ => Err(FrameError::InvalidOutcome { value }),
+        }
+    }
+}
+
+/// Reason a session ends, sent as one byte in `GoAway`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum GoAwayReason {
+    /// The gateway is stopping.
+    ShuttingDown = 0,
+    /// A newer session of the same agent replaced this one.
+    Replaced = 1,
+    /// The agent sent an invalid frame or an unsupported protocol version.
+    ProtocolError = 2,
+    /// The agent missed its heartbeat.
+    HeartbeatTimeout = 3,
+    /// The agent's credentials are not, or are no longer, accepted.
+    Unauthorized = 4,
+}
+
+impl TryFrom<u8> for GoAwayReason {
+    type Error = FrameError;
+
+    fn try_from(value: u8) -> Result<Self, FrameError> {
+        match value {
+            0 => Ok(GoAwayReason::ShuttingDown),
+            1 => Ok(GoAwayReason::Replaced),
+            2 => Ok(GoAwayReason::ProtocolError),
+            3 => Ok(GoAwayReason::HeartbeatTimeout),
+            4 => Ok(GoAwayReason::Unauthorized),
+            _ => Err(FrameError::InvalidGoAwayReason { value }),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Verifying presented tokens against the known keys and the expected issuer and audience.
+
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::Validation;
+
+use crate::claims::{Claims, Principal};
+use crate::error::AuthError;
+use crate::keys::VerifyingKey;
+use crate::unix_now;
+
+/// The checks every token must pass.
+#[derive(Clone, Debug)]
+pub struct VerifierSettings {
+    pub issuer: String,
+    pub audience: String,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    pub leeway_secs: u64,
+    /// Tokens whose `exp - iat` exceeds this are rejected.
+    pub max_lifetime_secs: u64,
+}
+
+/// Verifies tokens signed by any of a set of keys.
+#[derive(Clone, Debug)]
+pub struct TokenVerifier {
+    keys: HashMap<String, VerifyingKey>,
+    settings: VerifierSettings,
+}
+
+impl TokenVerifier {
+    pub fn new(keys: impl IntoIterator<Item = VerifyingKey>, settings: VerifierSettings) -> Self {
+        TokenVerifier {
+            keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect(),
+            settings,
+        }
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &VerifyingKey> {
+        self.keys.values()
+    }
+
+    /// Verifies `token` and, when it is certificate-bound, that `presented_thumbprint`
+    /// is the thumbprint of the certificate it is bound to.
+    pub fn verify(
+        &self,
+        token: &str,
+        presented_thumbprint: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        let key = self.key_for(token)?;
+
+        let mut validation = Validation::new(key.algorithm);
+        validation.leeway = self.settings.leeway_secs;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.settings.issuer]);
+        validation.set_audience(&[&self.settings.audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding_key(), &validation)
+            .map_err(|e| map_jwt_error(e.kind()))?;
+        let claims = data.claims;
+
+        let now = unix_now();
+        if claims.iat > now + self.settings.leeway_secs {
+            return Err(AuthError::NotYetValid);
+        }
+        let lifetime_secs = claims.exp.saturating_sub(claims.iat);
+        if lifetime_secs > self.settings.max_lifetime_secs {
+            return Err(AuthError::LifetimeTooLong {
+                lifetime_secs,
+                max_secs: self.settings.max_lifetime_secs,
+            });
+        }
+        if let Some(cnf) = &claims.cnf {
+            if presented_thumbprint != Some(cnf.x5t_s256.as_str()) {
+                return Err(AuthError::CertificateMismatch {
+                    presented: presented_thumbprint.is_some(),
+                });
+            }
+        }
+        Ok(Principal::from_claims(claims))
+    }
+
+    /// Reads the header without trusting it: picks the key by `kid` and checks
+    /// that the declared algorithm is that key's one algorithm.
+    fn key_for(&self, token: &str) -> Result<&VerifyingKey, AuthError> {
+        let header_b64 = token
+            .split('.')
+            .next()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| AuthError::Malformed("empty token".into()))?;
+        let header_bytes = URL_SAFE_NO_PAD
+            .decode(header_b64)
+            .map_err(|_| AuthError::Malformed("the header is not base64url".into()))?;
+        let header: serde_json::Value = serde_json::from_slice(&header_bytes)
+            .map_err(|_| AuthError::Malformed("the header is not JSON".into()))?;
+        let alg = header
+            .get("alg")
+            .and_then(|a| a.as_str())
+            .ok_or_else(|| AuthError::Malformed("the header has no `alg`".into()))?;
+        let kid = match header.get("kid") {
+            None => return Err(AuthError::MissingKeyId),
+            Some(serde_json::Value::String(kid)) => kid,
+            Some(other) => return Err(AuthError::InvalidKeyId(other.to_string())),
+        };
+        if !is_plain_identifier(kid) {
+            return Err(AuthError::InvalidKeyId(kid.chars().take(80).collect()));
+        }
+        let key = self
+            .keys
+            .get(kid)
+            .ok_or_else(|| AuthError::UnknownKeyId(kid.clone()))?;
+        let expected = format!("{:?}", key.algorithm);
+        if alg != expected {
+            return Err(AuthError::WrongAlgorithm {
+                kid: kid.clone(),
+                found: alg.chars().take(20).collect(),
+                expected,
+            });
+        }
+        Ok(key)
+    }
+}
+
+fn is_plain_identifier(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn map_jwt_error(kind: &ErrorKind) -> AuthError {
+    match kind {
+        ErrorKind::InvalidSignature => AuthError::InvalidSignature,
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
+        ErrorKind::InvalidAudience => AuthError::InvalidAudience,
+        ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
+        ErrorKind::Json(e) => {
+            let text = e.to_string();
+            match text.split('`').nth(1) {
+                Some(field) if text.starts_with("missing field") => {
+                    AuthError::MissingClaim(field.to_owned())
+                }
+                _ => AuthError::Malformed(format!("the claims are not valid: {text}")),
+            }
+        }
+        other => AuthError::Malformed(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,344 @@
+//! One agent connection: TLS, login at the token endpoint, then the session stream.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keygate_protocol::{Frame, FrameDecoder, TaskOutcome, PROTOCOL_VERSION};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::TlsConnector;
+use tracing::{debug, info, warn};
+
+use super::{AgentOptions, TaskHandlers};
+use crate::http::body::ChannelBody;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for running tasks to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("the gateway rejected the agent: {0}")]
+    Unauthorized(String),
+    #[error("unexpected answer from the gateway: {0}")]
+    Protocol(String),
+    #[error("the session stream failed: {0}")]
+    Stream(String),
+}
+
+pub enum SessionEnd {
+    Shutdown,
+    GoAway { reconnect_after: Duration },
+    Closed,
+}
+
+type Sender =
+    http2::SendRequest<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>;
+
+pub async fn run_session(
+    options: &AgentOptions,
+    tls: Arc<ClientConfig>,
+    handlers: &TaskHandlers,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<SessionEnd, AgentError> {
+    let mut sender = connect(options, tls).await?;
+    let token = login(&mut sender, options).await?;
+
+    let (frames_tx, frames_rx) = mpsc::channel::<Bytes>(256);
+    let hello = Frame::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        max_concurrent_tasks: options.capacity,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        instance_id: options.instance_id.clone(),
+    };
+    frames_tx
+        .send(encode(&hello))
+        .await
+        .map_err(|_| AgentError::Stream("session closed".into()))?;
+    let request = http::Request::post(format!("https://{}/v1/agent/session", options.gateway))
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/vnd.keygate.session",
+        )
+        .body(ChannelBody::new(frames_rx).boxed())
+        .expect("a valid request");
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(request))
+        .await
+        .map_err(|_| AgentError::Stream("the session request timed out".into()))?
+        .map_err(|e| AgentError::Stream(e.to_string()))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let detail = problem_detail(&body);
+        return Err(
+            if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+                AgentError::Unauthorized(format!("session refused with {status}: {detail}"))
+            } else {
+                AgentError::Protocol(format!("session refused with {status}: {detail}"))
+            },
+        );
+    }
+
+    let mut body = response.into_body();
+    let mut decoder = FrameDecoder::new(keygate_protocol::DEFAULT_MAX_FRAME_BYTES);
+    let slots = Arc::new(Semaphore::new(options.capacity.max(1) as usize));
+    let mut silence_limit = Duration::from_secs(60);
+    let mut last_heard = Instant::now();
+    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+
+    let end = loop {
+        let frame = tokio::select! {
+            frame = next_frame(&mut body, &mut decoder) => frame?,
+            _ = watchdog.tick() => {
+                if last_heard.elapsed() > silence_limit {
+                    break Err(AgentError::Stream(format!("no frame from the gateway for {} ms", silence_limit.as_millis())));
+                }
+                continue;
+            }
+            _ = crate::stopped(shutdown) => break Ok(SessionEnd::Shutdown),
+        };
+        last_heard = Instant::now();
+        match frame {
+            None => break Ok(SessionEnd::Closed),
+            Some(Frame::Welcome {
+                session_id,
+                heartbeat_interval_ms,
+                ..
+            }) => {
+                silence_limit = Duration::from_millis(heartbeat_interval_ms as u64 * 3)
+                    .max(Duration::from_secs(1));
+                info!(session.id = %session_id, heartbeat_interval_ms, "session established");
+            }
+            Some(Frame::Task {
+                task_id,
+                kind,
+                timeout_ms,
+                payload,
+            }) => {
+                let permit = slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let handler = handlers.get(&kind);
+                let tx = frames_tx.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let (outcome, result) = match handler {
+                        None => (
+                            TaskOutcome::Failed,
+                            Bytes::from(format!(
+                                "this agent has no handler for task kind {kind:?}"
+                            )),
+                        ),
+                        Some(handler) => {
+                            match tokio::time::timeout(
+                                Duration::from_millis(timeout_ms as u64),
+                                handler.run(payload),
+                            )
+                            .await
+                            {
+                                Ok(Ok(bytes)) => (TaskOutcome::Succeeded, bytes),
+                                Ok(Err(message)) => (TaskOutcome::Failed, Bytes::from(message)),
+                                Err(_) => (
+                                    TaskOutcome::Failed,
+                                    Bytes::from(format!(
+                                        "the task did not finish within {timeout_ms} ms"
+                                    )),
+                                ),
+                            }
+                        }
+                    };
+                    debug!(task.id = %task_id, outcome = ?outcome, "task finished");
+                    let _ = tx
+                        .send(encode(&Frame::TaskResult {
+                            task_id,
+                            outcome,
+                            payload: result,
+                        }))
+                        .await;
+                });
+            }
+            Some(Frame::Ping { nonce }) => {
+                let _ = frames_tx.send(encode(&Frame::Pong { nonce })).await;
+            }
+            Some(Frame::Pong { .. }) => {}
+            Some(Frame::GoAway {
+                reason,
+                reconnect_after_ms,
+                message,
+            }) => {
+                info!(reason = ?reason, %message, "the gateway ended the session");
+                break Ok(SessionEnd::GoAway {
+                    reconnect_after: Duration::from_millis(reconnect_after_ms as u64),
+                });
+            }
+            Some(other) => {
+                warn!(frame = other.name(), "unexpected frame from the gateway");
+            }
+        }
+    };
+
+    if matches!(end, Ok(SessionEnd::Shutdown)) {
+        let capacity = options.capacity.max(1);
+        if tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(capacity))
+            .await
+            .is_err()
+        {
+            warn!(
+                timeout_ms = DRAIN_TIMEOUT.as_millis() as u64,
+                "running tasks did not finish before shutdown"
+            );
+        }
+    }
+    end
+}
+
+async fn connect(options: &AgentOptions, tls: Arc<ClientConfig>) -> Result<Sender, AgentError> {
+    let connect_err = |reason: String| AgentError::Connect {
+        addr: options.gateway.clone(),
+        reason,
+    };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&options.gateway))
+        .await
+        .map_err(|_| connect_err("timed out".into()))?
+        .map_err(|e| connect_err(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let server_name = ServerName::try_from(options.server_name.clone()).map_err(|e| {
+        connect_err(format!(
+            "invalid server name {:?}: {e}",
+            options.server_name
+        ))
+    })?;
+    let stream = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TlsConnector::from(tls).connect(server_name, tcp),
+    )
+    .await
+    .map_err(|_| connect_err("the TLS handshake timed out".into()))?
+    .map_err(|e| {
+        // A rejected client certificate surfaces as an alert during the handshake.
+        let text = e.to_string();
+        if text.contains("Certificate") || text.contains("certificate") {
+            AgentError::Unauthorized(format!(
+                "TLS handshake with {} failed: {text}",
+                options.gateway
+            ))
+        } else {
+            connect_err(format!("TLS handshake failed: {text}"))
+        }
+    })?;
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .map_err(|e| connect_err(format!("HTTP/2 handshake failed: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(error = %e, "gateway connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Client-credentials login; returns the access token.
+async fn login(sender: &mut Sender, options: &AgentOptions) -> Result<String, AgentError> {
+    let encode_part = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let credentials = zeroize::Zeroizing::new(format!(
+        "{}:{}",
+        encode_part(&options.client_id),
+        encode_part(&options.client_secret)
+    ));
+    let basic =
+        zeroize::Zeroizing::new(format!("Basic {}", STANDARD.encode(credentials.as_bytes())));
+    let request = http::Request::post(format!("https://{}/oauth/token", options.gateway))
+        .header(http::header::AUTHORIZATION, basic.as_str())
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(Full::new(Bytes::from_static(b"grant_type=client_credentials")).boxed())
+        .expect("a valid request");
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(request))
+        .await
+        .map_err(|_| AgentError::Stream("the token request timed out".into()))?
+        .map_err(|e| AgentError::Stream(format!("the token request failed: {e}")))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| AgentError::Stream(e.to_string()))?
+        .to_bytes();
+    if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::BAD_REQUEST {
+        return Err(AgentError::Unauthorized(format!(
+            "login failed with {status}: {}",
+            problem_detail(&body)
+        )));
+    }
+    if !status.is_success() {
+        return Err(AgentError::Protocol(format!(
+            "login failed with {status}: {}",
+            problem_detail(&body)
+        )));
+    }
+    let parsed: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::Protocol(format!("the token response is not JSON: {e}")))?;
+    parsed["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| AgentError::Protocol("the token response has no access_token".into()))
+}
+
+async fn next_frame(
+    body: &mut hyper::body::Incoming,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<Frame>, AgentError> {
+    loop {
+        if let Some(frame) = decoder
+            .next_frame()
+            .map_err(|e| AgentError::Protocol(e.to_string()))?
+        {
+            return Ok(Some(frame));
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    decoder.extend(&data);
+                }
+            }
+            Some(Err(e)) => return Err(AgentError::Stream(e.to_string())),
+            None => return Ok(None),
+        }
+    }
+}
+
+fn problem_detail(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["detail"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
+}
+
+fn encode(frame: &Frame) -> Bytes {
+    let mut buf = BytesMut::with_capacity(frame.encoded_len());
+    frame.encode(&mut buf);
+    buf.freeze()
+}

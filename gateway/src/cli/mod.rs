@@ -1,0 +1,175 @@
+//! The `keygate` command line: argument parsing and the exit codes of each subcommand.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 64 usage or configuration error (EX_USAGE).
+
+mod agent_cmd;
+mod serve_cmd;
+mod tools_cmd;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::logging::LogFormat;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILURE: i32 = 1;
+pub const EXIT_USAGE: i32 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "Agent gateway and secret vault for a data-integration platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYGATE_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `info,keygate_gateway=debug`.
+    #[arg(long, global = true, env = "KEYGATE_LOG", default_value = "info")]
+    log_filter: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server on development defaults, creating the data folder, a development CA and keys on first start.
+    Dev(DevArgs),
+    /// Create the data folder's development CA, server certificate and keys, then exit.
+    Init(InitArgs),
+    /// Run the server from a TOML configuration file.
+    Serve(ServeArgs),
+    /// Manage tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Issue certificates from the development CA.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Run the reference agent.
+    Agent(agent_cmd::AgentArgs),
+}
+
+#[derive(Args)]
+struct ListenArgs {
+    /// Address of the agent listener (mTLS, HTTP/2).
+    #[arg(long, env = "KEYGATE_AGENT_ADDR")]
+    agent_addr: Option<SocketAddr>,
+    /// Address of the API listener (HTTPS).
+    #[arg(long, env = "KEYGATE_API_ADDR")]
+    api_addr: Option<SocketAddr>,
+    /// Address of the ops listener (plain HTTP: /metrics, /healthz, /readyz).
+    #[arg(long, env = "KEYGATE_OPS_ADDR")]
+    ops_addr: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Folder for the store, keys and certificates.
+    #[arg(long, env = "KEYGATE_DATA_DIR", default_value = "./keygate-data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    listen: ListenArgs,
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Folder for the store, keys and certificates.
+    #[arg(long, env = "KEYGATE_DATA_DIR", default_value = "./keygate-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file; `docs/CONFIG.md` lists the options.
+    #[arg(long, env = "KEYGATE_CONFIG")]
+    config: PathBuf,
+    #[command(flatten)]
+    listen: ListenArgs,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Sign a token for a platform caller or runner with the local signing key and print it.
+    Issue(tools_cmd::TokenIssueArgs),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Issue an agent's client certificate from the development CA.
+    Agent(tools_cmd::CertAgentArgs),
+}
+
+/// Where a tool command finds the server's configuration: a config file, or a data folder with defaults.
+#[derive(Args)]
+struct ConfigSource {
+    /// TOML configuration file of the server.
+    #[arg(long, env = "KEYGATE_CONFIG", conflicts_with = "data_dir")]
+    config: Option<PathBuf>,
+    /// Data folder of a server that runs on defaults.
+    #[arg(long, env = "KEYGATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    fn load(&self) -> Result<Config, String> {
+        match (&self.config, &self.data_dir) {
+            (Some(path), _) => Config::load(path).map_err(|e| e.to_string()),
+            (None, dir) => Ok(Config {
+                data_dir: dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("./keygate-data")),
+                ..Config::default()
+            }),
+        }
+    }
+}
+
+/// Parses the arguments, runs the subcommand and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    EXIT_OK
+                }
+                _ => EXIT_USAGE,
+            };
+        }
+    };
+    if let Err(e) = crate::logging::init(cli.log_format, &cli.log_filter) {
+        eprintln!("error: {e}");
+        return EXIT_USAGE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => serve_cmd::dev(args).await,
+            Command::Init(args) => serve_cmd::init(args),
+            Command::Serve(args) => serve_cmd::serve(args).await,
+            Command::Token(TokenCommand::Issue(args)) => tools_cmd::token_issue(args),
+            Command::Certs(CertsCommand::Agent(args)) => tools_cmd::cert_agent(args),
+            Command::Agent(args) => agent_cmd::run(args).await,
+        }
+    })
+}

@@ -1,0 +1,190 @@
+//! The agent directory: agent records and their client credentials, in the store.
+//!
+//! Layout in the `agents` column family: `id\0{agent_id}` holds the JSON
+//! record; `acct\0{account}\0{agent_id}` is an empty index entry for listing
+//! an account's agents. Account and agent ids never contain a NUL byte.
+
+use std::sync::Arc;
+
+use keygate_auth::{AuthError, ClientSecret, ClientSecretHash};
+use keygate_vault::{KvStore, Space, StoreError, WriteBatch};
+use ring::rand::SecureRandom;
+use serde::{Deserialize, Serialize};
+
+/// A stored agent. The client secret itself is never stored, only its hash.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub id: String,
+    pub account: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub secret_hash: ClientSecretHash,
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the stored record of agent {agent_id} is not valid JSON: {reason}")]
+    Corrupt { agent_id: String, reason: String },
+}
+
+#[derive(Clone)]
+pub struct AgentDirectory {
+    store: Arc<dyn KvStore>,
+}
+
+impl AgentDirectory {
+    pub fn new(store: Arc<dyn KvStore>) -> AgentDirectory {
+        AgentDirectory { store }
+    }
+
+    /// Creates an agent with a new client secret, returned here and nowhere else.
+    pub fn create(
+        &self,
+        account: &str,
+        name: Option<String>,
+    ) -> Result<(AgentRecord, ClientSecret), DirectoryError> {
+        let secret = ClientSecret::generate();
+        let record = AgentRecord {
+            id: new_agent_id(),
+            account: account.to_owned(),
+            name,
+            secret_hash: secret.hash(),
+            created_at_ms: crate::now_ms(),
+            disabled: false,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(
+            Space::Agents,
+            record_key(&record.id),
+            serde_json::to_vec(&record).expect("record serializes"),
+        );
+        batch.put(Space::Agents, index_key(account, &record.id), Vec::new());
+        self.store.write(batch)?;
+        Ok((record, secret))
+    }
+
+    pub fn get(&self, agent_id: &str) -> Result<Option<AgentRecord>, DirectoryError> {
+        let Some(bytes) = self.store.get(Space::Agents, &record_key(agent_id))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| DirectoryError::Corrupt {
+                agent_id: agent_id.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The account's agents ordered by id, after `start_after`, at most `limit`.
+    pub fn list(
+        &self,
+        account: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AgentRecord>, DirectoryError> {
+        let prefix = index_key(account, "");
+        let after = start_after.map(|id| index_key(account, id));
+        let entries = self
+            .store
+            .scan_prefix(Space::Agents, &prefix, after.as_deref(), limit)?;
+        let mut agents = Vec::with_capacity(entries.len());
+        for (key, _) in entries {
+            let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            if let Some(record) = self.get(&id)? {
+                agents.push(record);
+            }
+        }
+        Ok(agents)
+    }
+
+    /// Checks client credentials; every failure is the same `InvalidClient`, so
+    /// a caller cannot tell an unknown id from a wrong secret.
+    pub fn authenticate(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<AgentRecord, AuthError> {
+        let invalid = || AuthError::InvalidClient {
+            client_id: client_id.chars().take(64).collect(),
+        };
+        let record = match self.get(client_id) {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(invalid()),
+            Err(e) => {
+                tracing::error!(error = %e, client.id = client_id, "agent lookup failed during login");
+                return Err(invalid());
+            }
+        };
+        if record.disabled || !record.secret_hash.matches(client_secret) {
+            return Err(invalid());
+        }
+        Ok(record)
+    }
+}
+
+fn record_key(agent_id: &str) -> Vec<u8> {
+    [b"id\0".as_slice(), agent_id.as_bytes()].concat()
+}
+
+fn index_key(account: &str, agent_id: &str) -> Vec<u8> {
+    [
+        b"acct\0".as_slice(),
+        account.as_bytes(),
+        b"\0",
+        agent_id.as_bytes(),
+    ]
+    .concat()
+}
+
+fn new_agent_id() -> String {
+    format!("agt_{}", random_hex(12))
+}
+
+/// `bytes` random bytes from the system source, as lowercase hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .expect("the system random source failed");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_vault::MemStore;
+
+    #[test]
+    fn create_list_authenticate() {
+        let dir = AgentDirectory::new(Arc::new(MemStore::new()));
+        let (a1, s1) = dir.create("acme", Some("east".into())).unwrap();
+        let (a2, _) = dir.create("acme", None).unwrap();
+        let (_b1, _) = dir.create("other", None).unwrap();
+
+        let listed: Vec<String> = dir
+            .list("acme", None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        let mut expected = vec![a1.id.clone(), a2.id.clone()];
+        expected.sort();
+        assert_eq!(listed, expected);
+        let after_first = dir.list("acme", Some(&expected[0]), 10).unwrap();
+        assert_eq!(after_first.len(), 1);
+
+        assert_eq!(dir.authenticate(&a1.id, s1.expose()).unwrap().id, a1.id);
+        assert!(dir.authenticate(&a2.id, s1.expose()).is_err());
+        assert!(dir.authenticate("agt_missing", s1.expose()).is_err());
+        let stored = serde_json::to_string(&dir.get(&a1.id).unwrap().unwrap()).unwrap();
+        assert!(
+            !stored.contains(s1.expose()),
+            "the secret itself must not be stored"
+        );
+    }
+}

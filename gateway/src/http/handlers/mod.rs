@@ -1,0 +1,106 @@
+//! Request handlers, one file per API area.
+
+mod agents;
+mod ops;
+mod secrets;
+mod tasks;
+mod token;
+
+use http::StatusCode;
+use hyper::body::Incoming;
+
+use super::body::{full_body, Response};
+use super::problem::ApiError;
+use super::{ConnInfo, Route};
+use crate::state::SharedState;
+
+pub async fn dispatch(
+    state: &SharedState,
+    conn: &ConnInfo,
+    route: Route,
+    req: http::Request<Incoming>,
+) -> Result<Response, ApiError> {
+    match route {
+        Route::Jwks => Ok(jwks(state)),
+        Route::Token => token::issue(state, conn, req).await,
+        Route::AgentSession => crate::session::open_session(state.clone(), conn, req).await,
+        Route::CreateAgent => agents::create(state, conn, req).await,
+        Route::ListAgents => agents::list(state, conn, req).await,
+        Route::GetAgent { agent } => agents::get(state, conn, req, &agent).await,
+        Route::SubmitTask { agent } => tasks::submit(state, conn, req, &agent).await,
+        Route::GetTask { task } => tasks::get(state, conn, req, &task).await,
+        Route::ListSecrets { project } => secrets::list_secrets(state, conn, req, &project).await,
+        Route::PutSecret { project, name } => {
+            secrets::put_secret(state, conn, req, &project, &name).await
+        }
+        Route::GetSecret { project, name } => {
+            secrets::get_secret(state, conn, req, &project, &name).await
+        }
+        Route::ListDefinitions { project } => {
+            secrets::list_definitions(state, conn, req, &project).await
+        }
+        Route::PutDefinition { project, name } => {
+            secrets::put_definition(state, conn, req, &project, &name).await
+        }
+        Route::GetDefinition { project, name } => {
+            secrets::get_definition(state, conn, req, &project, &name).await
+        }
+        Route::ResolveDefinition { project, name } => {
+            secrets::resolve(state, conn, req, &project, &name).await
+        }
+        Route::Metrics => Ok(ops::metrics(state)),
+        Route::Healthz => Ok(ops::healthz()),
+        Route::Readyz => Ok(ops::readyz(state)),
+    }
+}
+
+fn jwks(state: &SharedState) -> Response {
+    let mut response = http::Response::new(full_body(state.jwks.clone()));
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/jwk-set+json"),
+    );
+    response
+}
+
+/// Runs a blocking store operation off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("a storage task failed: {e}")))
+}
+
+/// Pagination from `?after=…&limit=…`; `limit` defaults to 100 and may not exceed 1000.
+struct Page {
+    after: Option<String>,
+    limit: usize,
+}
+
+fn page(req: &http::Request<Incoming>) -> Result<Page, ApiError> {
+    let mut page = Page {
+        after: None,
+        limit: 100,
+    };
+    for (key, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "after" => page.after = Some(value.into_owned()),
+            "limit" => {
+                page.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid-query",
+                            format!("limit {value:?} is not a whole number from 1 to 1000"),
+                        )
+                    })?;
+            }
+            _ => {}
+        }
+    }
+    Ok(page)
+}

@@ -1,0 +1,184 @@
+//! `POST /oauth/token`: OAuth 2 client credentials for agents, over mTLS only.
+//!
+//! Accepts `client_secret_basic` and `client_secret_post`. The issued token is
+//! bound to the client certificate of the connection (RFC 8705), whose common
+//! name must be the client id.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use http::StatusCode;
+use hyper::body::Incoming;
+use keygate_auth::{AuthError, Scope, ScopeSet, TokenRequest};
+use serde_json::json;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use super::blocking;
+use crate::http::body::{json_response, read_bytes, Response};
+use crate::http::problem::ApiError;
+use crate::http::ConnInfo;
+use crate::state::SharedState;
+
+/// Form bodies of the token endpoint are small; anything larger is not a token request.
+const MAX_FORM_BYTES: usize = 8 * 1024;
+
+/// An OAuth error (RFC 6749 section 5.2) inside a problem document.
+fn oauth_error(status: StatusCode, error: &'static str, detail: impl Into<String>) -> ApiError {
+    ApiError::new(status, "oauth-error", detail).with_member("error", json!(error))
+}
+
+pub async fn issue(
+    state: &SharedState,
+    conn: &ConnInfo,
+    req: http::Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let Some(identity) = conn.client.clone() else {
+        return Err(oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "a client certificate is required",
+        ));
+    };
+    let basic = basic_credentials(req.headers())?;
+    let form = read_bytes(req.into_body(), MAX_FORM_BYTES).await?;
+    let mut grant_type = None;
+    let mut form_id = None;
+    let mut form_secret: Option<Zeroizing<String>> = None;
+    for (key, value) in form_urlencoded::parse(&form) {
+        match key.as_ref() {
+            "grant_type" => grant_type = Some(value.into_owned()),
+            "client_id" => form_id = Some(value.into_owned()),
+            "client_secret" => form_secret = Some(Zeroizing::new(value.into_owned())),
+            _ => {}
+        }
+    }
+    match grant_type.as_deref() {
+        Some("client_credentials") => {}
+        Some(other) => {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("grant_type {other:?} is not supported; use client_credentials"),
+            ))
+        }
+        None => {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type is missing",
+            ))
+        }
+    }
+    let (client_id, secret) = match (basic, form_id, form_secret) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => return Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "send client credentials either in the Authorization header or in the form, not both",
+        )),
+        (Some((id, secret)), None, None) => (id, secret),
+        (None, Some(id), Some(secret)) => (id, secret),
+        _ => {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "client_id and client_secret are required",
+            ))
+        }
+    };
+
+    let directory = state.agents.clone();
+    let id = client_id.clone();
+    let checked = blocking(move || directory.authenticate(&id, &secret)).await?;
+    let agent = match checked {
+        Ok(agent) => agent,
+        Err(error) => return Err(reject(state, &client_id, error)),
+    };
+    if identity.common_name.as_deref() != Some(agent.id.as_str()) {
+        warn!(client.id = %agent.id, "login with a client certificate issued to another identity");
+        return Err(reject(
+            state,
+            &client_id,
+            AuthError::InvalidClient {
+                client_id: client_id.clone(),
+            },
+        ));
+    }
+
+    let mut scopes = ScopeSet::default();
+    scopes.insert(Scope::AgentSession);
+    let lifetime = state.config.auth.agent_token_lifetime_secs;
+    let (token, _) = state
+        .issuer
+        .issue(&TokenRequest {
+            subject: agent.id.clone(),
+            account: agent.account.clone(),
+            scopes,
+            projects: None,
+            lifetime_secs: lifetime,
+            certificate_thumbprint: Some(identity.thumbprint.clone()),
+        })
+        .map_err(|e| ApiError::internal(format!("signing the token failed: {e}")))?;
+    info!(agent.id = %agent.id, account = %agent.account, "agent logged in");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "scope": scopes.to_claim(),
+        }),
+    ))
+}
+
+fn reject(state: &SharedState, client_id: &str, error: AuthError) -> ApiError {
+    state
+        .metrics
+        .auth_failures
+        .with_label_values(&[error.reason()])
+        .inc();
+    warn!(client.id = %client_id.chars().take(64).collect::<String>(), "agent login rejected: invalid client credentials");
+    oauth_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        error.to_string(),
+    )
+    .with_header(http::header::WWW_AUTHENTICATE, r#"Basic realm="keygate""#)
+}
+
+/// Client id and secret from `Authorization: Basic`, form-urlencoded inside (RFC 6749 section 2.3.1).
+fn basic_credentials(
+    headers: &http::HeaderMap,
+) -> Result<Option<(String, Zeroizing<String>)>, ApiError> {
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let invalid = |why: &str| {
+        oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("the Authorization header {why}"),
+        )
+    };
+    let text = value.to_str().map_err(|_| invalid("is not ASCII"))?;
+    let Some((scheme, encoded)) = text.split_once(' ') else {
+        return Err(invalid("is not `Basic <credentials>`"));
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(invalid("must use the Basic scheme"));
+    }
+    let decoded = Zeroizing::new(
+        STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| invalid("is not valid base64"))?,
+    );
+    let text = std::str::from_utf8(&decoded).map_err(|_| invalid("is not UTF-8"))?;
+    let (id, secret) = text
+        .split_once(':')
+        .ok_or_else(|| invalid("has no ':' between id and secret"))?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    Ok(Some((decode(id), Zeroizing::new(decode(secret)))))
+}

@@ -1,0 +1,130 @@
+//! The HTTP front of every listener: routing, authentication, errors and metrics.
+
+pub mod body;
+mod handlers;
+pub mod problem;
+pub mod router;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue};
+use hyper::body::Incoming;
+use keygate_auth::{AuthError, ClientIdentity, Principal, Scope};
+use tracing::{debug, warn, Instrument};
+
+use body::Response;
+use problem::ApiError;
+pub use router::{ListenerKind, Route};
+
+use crate::state::SharedState;
+
+/// What is known about a connection before any request on it.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub listener: ListenerKind,
+    pub peer: SocketAddr,
+    /// The verified client certificate, on the agent listener.
+    pub client: Option<ClientIdentity>,
+}
+
+/// Serves one request: routes it, runs its handler, and turns errors into problem documents.
+pub async fn handle(
+    state: SharedState,
+    conn: Arc<ConnInfo>,
+    req: http::Request<Incoming>,
+) -> Result<Response, std::convert::Infallible> {
+    let request_id = crate::directory::random_hex(8);
+    let method = req.method().clone();
+    let route = router::route(conn.listener, &method, req.uri().path());
+    let template = route.as_ref().map(Route::template).unwrap_or("unmatched");
+    let span = tracing::debug_span!(
+        "request",
+        request.id = %request_id,
+        listener = conn.listener.as_str(),
+        method = %method,
+        route = template,
+    );
+    let result = match route {
+        Ok(route) => {
+            handlers::dispatch(&state, &conn, route, req)
+                .instrument(span.clone())
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            span.in_scope(|| {
+                if error.status.is_server_error() {
+                    warn!(status = error.status.as_u16(), detail = %error.detail, "request failed");
+                } else {
+                    debug!(status = error.status.as_u16(), detail = %error.detail, "request rejected");
+                }
+            });
+            error.into_response()
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", value);
+    }
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[conn.listener.as_str(), template, response.status().as_str()])
+        .inc();
+    Ok(response)
+}
+
+/// Verifies the request's bearer token against the connection's client certificate, if any.
+pub fn authenticate(
+    state: &SharedState,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
+    let result = bearer_token(headers).and_then(|token| {
+        let thumbprint = conn.client.as_ref().map(|c| c.thumbprint.as_str());
+        state.verifier.verify(token, thumbprint)
+    });
+    result.map_err(|error| {
+        state
+            .metrics
+            .auth_failures
+            .with_label_values(&[error.reason()])
+            .inc();
+        debug!(reason = error.reason(), "token rejected");
+        ApiError::unauthorized(&error)
+    })
+}
+
+fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(http::header::AUTHORIZATION)
+        .ok_or(AuthError::MissingToken)?
+        .to_str()
+        .map_err(|_| AuthError::Malformed("the Authorization header is not ASCII".into()))?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(|| {
+        AuthError::Malformed("the Authorization header is not `Bearer <token>`".into())
+    })?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Malformed(format!(
+            "the Authorization scheme is {:?}, expected Bearer",
+            scheme.chars().take(20).collect::<String>()
+        )));
+    }
+    Ok(token.trim())
+}
+
+pub fn require_scope(principal: &Principal, scope: Scope) -> Result<(), ApiError> {
+    if principal.has_scope(scope) {
+        Ok(())
+    } else {
+        Err(ApiError::insufficient_scope(scope))
+    }
+}

@@ -1,0 +1,142 @@
+//! API errors as `application/problem+json` responses (RFC 9457).
+//!
+//! This is the one place where failures become HTTP statuses.
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use keygate_auth::AuthError;
+use serde_json::json;
+
+use super::body::{full_body, Response};
+
+/// An API failure: status, a stable problem type, and a detail for the caller.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Last part of the problem `type` URI; stable, so clients may branch on it.
+    pub problem: &'static str,
+    pub detail: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    extra: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, problem: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            problem,
+            detail: detail.into(),
+            headers: Vec::new(),
+            extra: None,
+        }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: &str) -> ApiError {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            self.headers.push((name, value));
+        }
+        self
+    }
+
+    /// Adds a member to the problem document beside the standard ones.
+    pub fn with_member(mut self, key: &str, value: serde_json::Value) -> ApiError {
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert(key.into(), value);
+        self
+    }
+
+    pub fn bad_request(problem: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, problem, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not-found", detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    pub fn internal(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+    }
+
+    /// 401 for a missing or rejected token, with a `WWW-Authenticate` challenge (RFC 6750).
+    pub fn unauthorized(error: &AuthError) -> ApiError {
+        let challenge = match error {
+            AuthError::MissingToken => r#"Bearer realm="keygate""#.to_owned(),
+            other => format!(
+                r#"Bearer realm="keygate", error="invalid_token", error_description="{}""#,
+                other.to_string().replace('"', "'")
+            ),
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string())
+            .with_header(http::header::WWW_AUTHENTICATE, &challenge)
+            .with_member("reason", json!(error.reason()))
+    }
+
+    /// 403 for a token that lacks `scope`.
+    pub fn insufficient_scope(scope: keygate_auth::Scope) -> ApiError {
+        let challenge =
+            format!(r#"Bearer realm="keygate", error="insufficient_scope", scope="{scope}""#);
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient-scope",
+            format!("this operation requires the scope {scope}, which the token does not carry"),
+        )
+        .with_header(http::header::WWW_AUTHENTICATE, &challenge)
+    }
+
+    pub fn method_not_allowed(method: &http::Method, allowed: &[http::Method]) -> ApiError {
+        let allow = allowed
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            format!("method {method} is not allowed here; allowed: {allow}"),
+        )
+        .with_header(http::header::ALLOW, &allow)
+    }
+
+    pub fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let mut doc = json!({
+            "type": format!("urn:keygate:problem:{}", self.problem),
+            "title": title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let (Some(extra), Some(map)) = (self.extra, doc.as_object_mut()) {
+            map.extend(extra);
+        }
+        let mut response = http::Response::new(full_body(doc.to_string()));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        for (name, value) in self.headers {
+            response.headers_mut().append(name, value);
+        }
+        response
+    }
+}
+
+impl From<keygate_vault::VaultError> for ApiError {
+    fn from(error: keygate_vault::VaultError) -> ApiError {
+        use keygate_vault::ErrorKind;
+        let (status, problem) = match error.kind() {
+            ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, "invalid-input"),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not-found"),
+            ErrorKind::NotSupported => (StatusCode::NOT_IMPLEMENTED, "not-supported"),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %error, "vault operation failed");
+        }
+        ApiError::new(status, problem, error.to_string())
+    }
+}

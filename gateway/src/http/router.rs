@@ -1,0 +1,244 @@
+//! Maps a listener, method and path to a route, decoding each path segment exactly once.
+//!
+//! Names may contain `/`: clients send it percent-encoded (`%2F`), the path
+//! is split on literal `/` first and each segment decoded afterwards.
+
+use http::Method;
+use percent_encoding::percent_decode_str;
+
+use super::problem::ApiError;
+
+/// The listener a request arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    Agent,
+    Api,
+    Ops,
+}
+
+impl ListenerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Agent => "agent",
+            ListenerKind::Api => "api",
+            ListenerKind::Ops => "ops",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    Jwks,
+    Token,
+    AgentSession,
+    CreateAgent,
+    ListAgents,
+    GetAgent { agent: String },
+    SubmitTask { agent: String },
+    GetTask { task: String },
+    ListSecrets { project: String },
+    PutSecret { project: String, name: String },
+    GetSecret { project: String, name: String },
+    ListDefinitions { project: String },
+    PutDefinition { project: String, name: String },
+    GetDefinition { project: String, name: String },
+    ResolveDefinition { project: String, name: String },
+    Metrics,
+    Healthz,
+    Readyz,
+}
+
+impl Route {
+    /// The route's path template: the `route` label of HTTP metrics.
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Jwks => "/.well-known/jwks.json",
+            Route::Token => "/oauth/token",
+            Route::AgentSession => "/v1/agent/session",
+            Route::CreateAgent | Route::ListAgents => "/v1/agents",
+            Route::GetAgent { .. } => "/v1/agents/{agent_id}",
+            Route::SubmitTask { .. } => "/v1/agents/{agent_id}/tasks",
+            Route::GetTask { .. } => "/v1/tasks/{task_id}",
+            Route::ListSecrets { .. } => "/v1/projects/{project}/secrets",
+            Route::PutSecret { .. } | Route::GetSecret { .. } => {
+                "/v1/projects/{project}/secrets/{name}"
+            }
+            Route::ListDefinitions { .. } => "/v1/projects/{project}/secret-definitions",
+            Route::PutDefinition { .. } | Route::GetDefinition { .. } => {
+                "/v1/projects/{project}/secret-definitions/{name}"
+            }
+            Route::ResolveDefinition { .. } => {
+                "/v1/projects/{project}/secret-definitions/{name}/value"
+            }
+            Route::Metrics => "/metrics",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+        }
+    }
+}
+
+/// Finds the route for a request, or the 404 / 405 / 400 to answer.
+pub fn route(listener: ListenerKind, method: &Method, path: &str) -> Result<Route, ApiError> {
+    let segments = decode_segments(path)?;
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let candidates = candidates(listener, &segs);
+    if candidates.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no route for {path} on the {} listener",
+            listener.as_str()
+        )));
+    }
+    if let Some((_, route)) = candidates.iter().find(|(m, _)| m == method) {
+        return Ok(route.clone());
+    }
+    let allowed: Vec<Method> = candidates.into_iter().map(|(m, _)| m).collect();
+    Err(ApiError::method_not_allowed(method, &allowed))
+}
+
+fn decode_segments(path: &str) -> Result<Vec<String>, ApiError> {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    if trimmed.is_empty() {
+        return Ok(Vec::new());
+    }
+    trimmed
+        .split('/')
+        .map(|seg| {
+            percent_decode_str(seg)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid-path",
+                        format!("path segment {seg:?} is not valid UTF-8 after percent-decoding"),
+                    )
+                })
+        })
+        .collect()
+}
+
+fn candidates(listener: ListenerKind, segs: &[&str]) -> Vec<(Method, Route)> {
+    use ListenerKind::*;
+    let s = |v: &str| v.to_owned();
+    match (listener, segs) {
+        (Agent | Api, [".well-known", "jwks.json"]) => vec![(Method::GET, Route::Jwks)],
+        (Agent, ["oauth", "token"]) => vec![(Method::POST, Route::Token)],
+        (Agent, ["v1", "agent", "session"]) => vec![(Method::POST, Route::AgentSession)],
+        (Api, ["v1", "agents"]) => vec![
+            (Method::POST, Route::CreateAgent),
+            (Method::GET, Route::ListAgents),
+        ],
+        (Api, ["v1", "agents", agent]) if !agent.is_empty() => {
+            vec![(Method::GET, Route::GetAgent { agent: s(agent) })]
+        }
+        (Api, ["v1", "agents", agent, "tasks"]) if !agent.is_empty() => {
+            vec![(Method::POST, Route::SubmitTask { agent: s(agent) })]
+        }
+        (Api, ["v1", "tasks", task]) if !task.is_empty() => {
+            vec![(Method::GET, Route::GetTask { task: s(task) })]
+        }
+        (Api, ["v1", "projects", project, "secrets"]) => {
+            vec![(
+                Method::GET,
+                Route::ListSecrets {
+                    project: s(project),
+                },
+            )]
+        }
+        (Api, ["v1", "projects", project, "secrets", name]) => vec![
+            (
+                Method::PUT,
+                Route::PutSecret {
+                    project: s(project),
+                    name: s(name),
+                },
+            ),
+            (
+                Method::GET,
+                Route::GetSecret {
+                    project: s(project),
+                    name: s(name),
+                },
+            ),
+        ],
+        (Api, ["v1", "projects", project, "secret-definitions"]) => {
+            vec![(
+                Method::GET,
+                Route::ListDefinitions {
+                    project: s(project),
+                },
+            )]
+        }
+        (Api, ["v1", "projects", project, "secret-definitions", name]) => vec![
+            (
+                Method::PUT,
+                Route::PutDefinition {
+                    project: s(project),
+                    name: s(name),
+                },
+            ),
+            (
+                Method::GET,
+                Route::GetDefinition {
+                    project: s(project),
+                    name: s(name),
+                },
+            ),
+        ],
+        (Api, ["v1", "projects", project, "secret-definitions", name, "value"]) => {
+            vec![(
+                Method::GET,
+                Route::ResolveDefinition {
+                    project: s(project),
+                    name: s(name),
+                },
+            )]
+        }
+        (Ops, ["metrics"]) => vec![(Method::GET, Route::Metrics)],
+        (Ops, ["healthz"]) => vec![(Method::GET, Route::Healthz)],
+        (Ops, ["readyz"]) => vec![(Method::GET, Route::Readyz)],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_slash_stays_in_name() {
+        let route = route(
+            ListenerKind::Api,
+            &Method::PUT,
+            "/v1/projects/p1/secrets/db%2Fpass%20word%25",
+        )
+        .unwrap();
+        assert_eq!(
+            route,
+            Route::PutSecret {
+                project: "p1".into(),
+                name: "db/pass word%".into()
+            }
+        );
+    }
+
+    #[test]
+    fn wrong_method_lists_allowed() {
+        let err = route(ListenerKind::Api, &Method::DELETE, "/v1/agents").unwrap_err();
+        assert_eq!(err.status, http::StatusCode::METHOD_NOT_ALLOWED);
+        assert!(err.detail.contains("POST, GET"), "{}", err.detail);
+    }
+
+    #[test]
+    fn routes_belong_to_their_listener() {
+        assert!(route(ListenerKind::Api, &Method::POST, "/oauth/token").is_err());
+        assert!(route(ListenerKind::Agent, &Method::POST, "/oauth/token").is_ok());
+        assert!(route(ListenerKind::Api, &Method::GET, "/metrics").is_err());
+        assert!(route(ListenerKind::Ops, &Method::GET, "/metrics").is_ok());
+    }
+
+    #[test]
+    fn invalid_utf8_segment_rejected() {
+        let err = route(ListenerKind::Api, &Method::GET, "/v1/tasks/%FF").unwrap_err();
+        assert_eq!(err.status, http::StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,309 @@
+//! `POST /v1/agent/session`: authenticates the agent, then runs the session
+//! loop that reads the agent's frames and writes the gateway's.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use keygate_auth::{AuthError, Scope};
+use keygate_protocol::{Frame, FrameDecoder, FrameError, GoAwayReason, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn, Instrument};
+
+use super::{SessionHandle, TaskReply};
+use crate::http::body::{ChannelBody, Response};
+use crate::http::problem::ApiError;
+use crate::http::{authenticate, ConnInfo};
+use crate::state::SharedState;
+
+/// Time an agent has to send Hello after the session opens.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound on the concurrency an agent may declare.
+const MAX_CAPACITY: u32 = 10_000;
+/// Frames buffered towards one agent before senders wait.
+const OUTBOUND_FRAMES: usize = 256;
+/// Missed heartbeat intervals before a session counts as dead.
+const MISSED_HEARTBEATS: u32 = 3;
+
+/// Authenticates an agent session request and starts its loop.
+pub async fn open_session(
+    state: SharedState,
+    conn: &ConnInfo,
+    req: http::Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(&state, conn, req.headers())?;
+    if !principal.has_scope(Scope::AgentSession) {
+        return Err(ApiError::insufficient_scope(Scope::AgentSession));
+    }
+    if principal.certificate_thumbprint.is_none() {
+        let error = AuthError::CertificateBindingRequired;
+        state
+            .metrics
+            .auth_failures
+            .with_label_values(&[error.reason()])
+            .inc();
+        return Err(ApiError::unauthorized(&error));
+    }
+    let cert_name = conn.client.as_ref().and_then(|c| c.common_name.as_deref());
+    if cert_name != Some(principal.subject.as_str()) {
+        return Err(ApiError::forbidden(format!(
+            "the client certificate names {:?}, not agent {}",
+            cert_name.unwrap_or(""),
+            principal.subject
+        )));
+    }
+    let agent = match state.agents.get(&principal.subject) {
+        Ok(Some(agent)) if !agent.disabled && agent.account == principal.account => agent,
+        Ok(_) => {
+            return Err(ApiError::forbidden(format!(
+                "agent {} is unknown or disabled",
+                principal.subject
+            )))
+        }
+        Err(e) => return Err(ApiError::internal(format!("agent lookup failed: {e}"))),
+    };
+
+    let (body_tx, body_rx) = mpsc::channel::<Bytes>(OUTBOUND_FRAMES);
+    let session_id = format!("ses_{}", crate::directory::random_hex(8));
+    let span = tracing::info_span!("session", agent.id = %agent.id, session.id = %session_id, client.addr = %conn.peer);
+    tokio::spawn(
+        run_session(
+            state,
+            agent.id,
+            agent.account,
+            session_id,
+            req.into_body(),
+            body_tx,
+        )
+        .instrument(span),
+    );
+
+    let mut response = http::Response::new(ChannelBody::new(body_rx).boxed());
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.keygate.session"),
+    );
+    Ok(response)
+}
+
+/// Why a session loop ended, for the log.
+enum End {
+    AgentClosed,
+    GoAway(GoAwayReason),
+    BodyError(String),
+    Protocol(FrameError),
+}
+
+async fn run_session(
+    state: SharedState,
+    agent_id: String,
+    account: String,
+    session_id: String,
+    mut body: Incoming,
+    body_tx: mpsc::Sender<Bytes>,
+) {
+    let max_frame = state.config.gateway.max_frame_bytes;
+    let mut decoder = FrameDecoder::new(max_frame);
+
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut body, &mut decoder)).await;
+    let capacity = match hello {
+        Ok(Ok(Some(Frame::Hello {
+            protocol_version,
+            max_concurrent_tasks,
+            agent_version,
+            instance_id,
+        }))) => {
+            if protocol_version != PROTOCOL_VERSION {
+                let message = format!(
+                    "agent speaks protocol version {protocol_version}, this gateway speaks {PROTOCOL_VERSION}"
+                );
+                warn!(agent.version = %agent_version, "{message}");
+                send_go_away(&body_tx, GoAwayReason::ProtocolError, &message).await;
+                return;
+            }
+            debug!(agent.version = %agent_version, agent.instance = %instance_id, capacity = max_concurrent_tasks, "hello received");
+            max_concurrent_tasks.clamp(1, MAX_CAPACITY)
+        }
+        Ok(Ok(Some(other))) => {
+            let message = format!("the first frame must be hello, got {}", other.name());
+            warn!("{message}");
+            send_go_away(&body_tx, GoAwayReason::ProtocolError, &message).await;
+            return;
+        }
+        Ok(Ok(None)) => {
+            debug!("agent closed the session before hello");
+            return;
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "session failed before hello");
+            return;
+        }
+        Err(_) => {
+            warn!(
+                timeout_ms = HELLO_TIMEOUT.as_millis() as u64,
+                "no hello received in time"
+            );
+            send_go_away(
+                &body_tx,
+                GoAwayReason::ProtocolError,
+                "no hello frame received in time",
+            )
+            .await;
+            return;
+        }
+    };
+
+    let heartbeat = Duration::from_millis(state.config.gateway.heartbeat_interval_ms);
+    let welcome = Frame::Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        session_id: session_id.clone(),
+        heartbeat_interval_ms: heartbeat.as_millis() as u32,
+    };
+    if body_tx.send(encode_frame(&welcome)).await.is_err() {
+        return;
+    }
+
+    let (task_tx, mut task_rx) = mpsc::channel::<Bytes>(OUTBOUND_FRAMES);
+    let session = Arc::new(SessionHandle::new(
+        session_id, agent_id, account, capacity, task_tx,
+    ));
+    let mut close_rx = session.close.subscribe();
+    if let Some(old) = state.sessions.insert(session.clone()) {
+        info!(old.session.id = %old.session_id, "new session replaces the previous one");
+        old.close(GoAwayReason::Replaced);
+    }
+    state.metrics.agent_sessions.inc();
+    info!(capacity, "agent session open");
+
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let mut last_heard = Instant::now();
+    let mut ping_nonce = 0u64;
+
+    let end = loop {
+        tokio::select! {
+            frame = read_frame(&mut body, &mut decoder) => {
+                last_heard = Instant::now();
+                match frame {
+                    Ok(Some(Frame::TaskResult { task_id, outcome, payload })) => {
+                        if !session.complete(&task_id, TaskReply::Done { outcome, payload }) {
+                            debug!(task.id = %task_id, "result for a task nobody waits for");
+                        }
+                    }
+                    Ok(Some(Frame::Ping { nonce })) => {
+                        if body_tx.send(encode_frame(&Frame::Pong { nonce })).await.is_err() {
+                            break End::AgentClosed;
+                        }
+                    }
+                    Ok(Some(Frame::Pong { .. })) => {}
+                    Ok(Some(other)) => {
+                        let message = format!("unexpected {} frame from an agent", other.name());
+                        warn!("{message}");
+                        send_go_away(&body_tx, GoAwayReason::ProtocolError, &message).await;
+                        break End::GoAway(GoAwayReason::ProtocolError);
+                    }
+                    Ok(None) => break End::AgentClosed,
+                    Err(ReadError::Body(e)) => break End::BodyError(e),
+                    Err(ReadError::Frame(e)) => {
+                        send_go_away(&body_tx, GoAwayReason::ProtocolError, &e.to_string()).await;
+                        break End::Protocol(e);
+                    }
+                }
+            }
+            Some(frame) = task_rx.recv() => {
+                if body_tx.send(frame).await.is_err() {
+                    break End::AgentClosed;
+                }
+            }
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > heartbeat * MISSED_HEARTBEATS {
+                    send_go_away(&body_tx, GoAwayReason::HeartbeatTimeout, "no frame received within three heartbeat intervals").await;
+                    break End::GoAway(GoAwayReason::HeartbeatTimeout);
+                }
+                ping_nonce += 1;
+                if body_tx.send(encode_frame(&Frame::Ping { nonce: ping_nonce })).await.is_err() {
+                    break End::AgentClosed;
+                }
+            }
+            _ = close_rx.changed() => {
+                let reason = close_rx.borrow().unwrap_or(GoAwayReason::ShuttingDown);
+                let message = match reason {
+                    GoAwayReason::Replaced => "a newer session of this agent replaced this one",
+                    GoAwayReason::ShuttingDown => "the gateway is shutting down; reconnect",
+                    _ => "the gateway closed the session",
+                };
+                send_go_away(&body_tx, reason, message).await;
+                break End::GoAway(reason);
+            }
+        }
+    };
+
+    state.sessions.remove(&session);
+    state.metrics.agent_sessions.dec();
+    let failed = session.fail_pending();
+    match end {
+        End::AgentClosed => info!(failed_tasks = failed, "agent session closed by the agent"),
+        End::GoAway(reason) => {
+            info!(failed_tasks = failed, reason = ?reason, "agent session closed by the gateway")
+        }
+        End::BodyError(e) => {
+            warn!(failed_tasks = failed, error = %e, "agent session stream failed")
+        }
+        End::Protocol(e) => {
+            warn!(failed_tasks = failed, error = %e, "agent session closed after a protocol error")
+        }
+    }
+}
+
+enum ReadError {
+    Body(String),
+    Frame(FrameError),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Body(e) => write!(f, "reading the session stream failed: {e}"),
+            ReadError::Frame(e) => write!(f, "invalid frame: {e}"),
+        }
+    }
+}
+
+/// Reads the next whole frame; `Ok(None)` when the agent ended its stream.
+async fn read_frame(
+    body: &mut Incoming,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<Frame>, ReadError> {
+    loop {
+        if let Some(frame) = decoder.next_frame().map_err(ReadError::Frame)? {
+            return Ok(Some(frame));
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    decoder.extend(&data);
+                }
+            }
+            Some(Err(e)) => return Err(ReadError::Body(e.to_string())),
+            None => return Ok(None),
+        }
+    }
+}
+
+pub(crate) fn encode_frame(frame: &Frame) -> Bytes {
+    let mut buf = BytesMut::with_capacity(frame.encoded_len());
+    frame.encode(&mut buf);
+    buf.freeze()
+}
+
+async fn send_go_away(body_tx: &mpsc::Sender<Bytes>, reason: GoAwayReason, message: &str) {
+    let frame = Frame::GoAway {
+        reason,
+        reconnect_after_ms: 1000,
+        message: message.chars().take(1000).collect(),
+    };
+    let _ = body_tx.send(encode_frame(&frame)).await;
+}

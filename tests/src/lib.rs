@@ -1,0 +1,369 @@
+//! Harness for end-to-end tests: a real keygate server on loopback ports with
+//! real TLS and RocksDB in a temporary folder, an HTTPS client, and the
+//! reference agent running against it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keygate_auth::{ScopeSet, SigningKey, TokenIssuer, TokenRequest};
+use keygate_gateway::agent::{AgentOptions, TaskHandlers};
+use keygate_gateway::config::Config;
+use keygate_gateway::server::Server;
+use rustls_pki_types::ServerName;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+
+pub use keygate_gateway;
+
+/// A server started for one test, with its own data folder.
+pub struct TestServer {
+    server: Option<Server>,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+    pub agent_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    /// Token of account `acme` with every platform scope.
+    pub admin_token: String,
+}
+
+pub const ACCOUNT: &str = "acme";
+
+pub fn loopback_config(data_dir: &Path) -> Config {
+    let mut config = Config {
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.listen.agent = any_port;
+    config.listen.api = any_port;
+    config.listen.ops = any_port;
+    config.gateway.shutdown_grace_ms = 2000;
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `adjust` has changed the loopback test configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = loopback_config(&dir.path().join("data"));
+        adjust(&mut config);
+        keygate_gateway::devinit::ensure_material(&config).expect("dev material");
+        let server = Server::start(config.clone()).await.expect("server starts");
+        let mut test = TestServer {
+            agent_addr: server.agent_addr,
+            api_addr: server.api_addr,
+            ops_addr: server.ops_addr,
+            server: Some(server),
+            config,
+            dir,
+            admin_token: String::new(),
+        };
+        test.admin_token = test.token(
+            ACCOUNT,
+            &[
+                "agents:admin",
+                "tasks:write",
+                "secrets:admin",
+                "secrets:read",
+            ],
+            None,
+        );
+        test
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("server running")
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.config.data_dir.join("tls/ca.pem")
+    }
+
+    /// Signs a platform token with the server's signing key.
+    pub fn token(&self, account: &str, scopes: &[&str], projects: Option<&[&str]>) -> String {
+        self.token_with_lifetime(account, scopes, projects, 600)
+    }
+
+    pub fn token_with_lifetime(
+        &self,
+        account: &str,
+        scopes: &[&str],
+        projects: Option<&[&str]>,
+        lifetime_secs: u64,
+    ) -> String {
+        let key = SigningKey::load(&self.config.signing_key_path()).expect("signing key");
+        let issuer = TokenIssuer::new(
+            Arc::new(key),
+            self.config.auth.issuer.clone(),
+            self.config.auth.audience.clone(),
+        );
+        let (token, _) = issuer
+            .issue(&TokenRequest {
+                subject: "test-caller".into(),
+                account: account.into(),
+                scopes: ScopeSet::parse_strict(scopes.iter().copied()).expect("known scopes"),
+                projects: projects.map(|p| p.iter().map(|s| s.to_string()).collect()),
+                lifetime_secs,
+                certificate_thumbprint: None,
+            })
+            .expect("token");
+        token
+    }
+
+    pub fn api(&self) -> HttpsClient {
+        HttpsClient::new(self.api_addr, &self.ca_path(), None)
+    }
+
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ops_addr)
+    }
+
+    /// Creates an agent in `account` and issues its client certificate; returns the agent's credentials.
+    pub async fn create_agent(&self, account: &str) -> AgentCredentials {
+        let token = self.token(account, &["agents:admin"], None);
+        let (status, _, body) = self
+            .api()
+            .request(
+                Method::POST,
+                "/v1/agents",
+                Some(&token),
+                Some(serde_json::json!({"name": "test"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "create agent: {body}");
+        let id = body["client_id"].as_str().expect("client_id").to_owned();
+        let secret = body["client_secret"]
+            .as_str()
+            .expect("client_secret")
+            .to_owned();
+        let dir = self.dir.path().join("agents").join(&id);
+        self.issue_agent_cert(&id, &dir);
+        AgentCredentials { id, secret, dir }
+    }
+
+    /// Writes `ca.pem`, `client.pem` and `client-key.pem` for `common_name` into `dir`.
+    pub fn issue_agent_cert(&self, common_name: &str, dir: &Path) {
+        let (ca, _) =
+            keygate_gateway::pki::DevCa::load_or_create(&self.config.data_dir.join("tls"))
+                .expect("dev CA");
+        std::fs::create_dir_all(dir).expect("agent dir");
+        ca.issue_client_cert(common_name)
+            .expect("client cert")
+            .write(&dir.join("client.pem"), &dir.join("client-key.pem"))
+            .expect("write client cert");
+        std::fs::write(dir.join("ca.pem"), ca.cert_pem()).expect("write CA");
+    }
+
+    /// Runs the reference agent in this process until the returned handle is stopped.
+    pub async fn start_agent(&self, creds: &AgentCredentials, capacity: u32) -> RunningAgent {
+        self.start_agent_with(creds, capacity, TaskHandlers::builtin())
+            .await
+    }
+
+    pub async fn start_agent_with(
+        &self,
+        creds: &AgentCredentials,
+        capacity: u32,
+        handlers: TaskHandlers,
+    ) -> RunningAgent {
+        let options = AgentOptions {
+            gateway: self.agent_addr.to_string(),
+            server_name: "localhost".into(),
+            ca_cert: creds.dir.join("ca.pem"),
+            client_cert: creds.dir.join("client.pem"),
+            client_key: creds.dir.join("client-key.pem"),
+            client_id: creds.id.clone(),
+            client_secret: creds.secret.clone().into(),
+            capacity,
+            instance_id: "test-instance".into(),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(keygate_gateway::agent::run(options, handlers, stop_rx));
+        let agent = RunningAgent { stop, task };
+        self.wait_for_session(&creds.id).await;
+        agent
+    }
+
+    /// Waits until the agent's session is registered (at most 10 s).
+    pub async fn wait_for_session(&self, agent_id: &str) {
+        for _ in 0..200 {
+            if self.server().state().sessions.get(agent_id).is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("agent {agent_id} did not connect within 10 s");
+    }
+
+    /// Submits a task as the admin and returns status and body.
+    pub async fn submit(&self, agent_id: &str, body: Value) -> (StatusCode, Value) {
+        let (status, _, body) = self
+            .api()
+            .request(
+                Method::POST,
+                &format!("/v1/agents/{agent_id}/tasks"),
+                Some(&self.admin_token),
+                Some(body),
+            )
+            .await;
+        (status, body)
+    }
+}
+
+/// An agent's id, secret and credentials folder.
+#[derive(Clone)]
+pub struct AgentCredentials {
+    pub id: String,
+    pub secret: String,
+    pub dir: PathBuf,
+}
+
+pub struct RunningAgent {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), keygate_gateway::agent::AgentError>>,
+}
+
+impl RunningAgent {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// An HTTPS (or, with `tls` off, plain HTTP) client that opens one HTTP/1.1 connection per request.
+pub struct HttpsClient {
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl HttpsClient {
+    /// A client trusting `ca`, optionally with a client certificate (`client.pem`, `client-key.pem` in a folder).
+    pub fn new(addr: SocketAddr, ca: &Path, client_dir: Option<&Path>) -> HttpsClient {
+        let cert_paths = client_dir.map(|d| (d.join("client.pem"), d.join("client-key.pem")));
+        let identity = cert_paths.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        let config =
+            keygate_gateway::tls::client_config(ca, identity, false).expect("client TLS config");
+        HttpsClient {
+            addr,
+            tls: Some(Arc::new(config)),
+        }
+    }
+
+    pub fn plain(addr: SocketAddr) -> HttpsClient {
+        HttpsClient { addr, tls: None }
+    }
+
+    /// Sends a JSON request; returns the status, headers and the body parsed as JSON (or as a JSON string if it is not JSON).
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let mut headers = vec![(http::header::CONTENT_TYPE, "application/json".to_owned())];
+        if let Some(token) = token {
+            headers.push((http::header::AUTHORIZATION, format!("Bearer {token}")));
+        }
+        let (status, headers, raw) = self.send(method, path, &headers, bytes).await;
+        let value = serde_json::from_slice(&raw)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into_owned()));
+        (status, headers, value)
+    }
+
+    /// Sends raw bytes with the given headers; returns status, headers and raw body.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(http::HeaderName, String)],
+        body: Bytes,
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "localhost");
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        let request = builder.body(Full::new(body)).expect("request");
+        let response = match &self.tls {
+            Some(config) => {
+                let stream = TlsConnector::from(config.clone())
+                    .connect(ServerName::try_from("localhost").expect("name"), tcp)
+                    .await
+                    .expect("TLS handshake");
+                send_http1(TokioIo::new(stream), request).await
+            }
+            None => send_http1(TokioIo::new(tcp), request).await,
+        };
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("response body").to_bytes();
+        (parts.status, parts.headers, bytes)
+    }
+}
+
+async fn send_http1<I>(
+    io: I,
+    request: http::Request<Full<Bytes>>,
+) -> http::Response<hyper::body::Incoming>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .expect("HTTP handshake");
+    tokio::spawn(connection);
+    sender.send_request(request).await.expect("HTTP request")
+}
+
+/// Opens an HTTP/2 connection over mTLS to the agent listener, for tests that speak the protocol by hand.
+pub async fn agent_h2(
+    addr: SocketAddr,
+    creds_dir: &Path,
+) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, String> {
+    let config = keygate_gateway::tls::client_config(
+        &creds_dir.join("ca.pem"),
+        Some((
+            &creds_dir.join("client.pem"),
+            &creds_dir.join("client-key.pem"),
+        )),
+        true,
+    )
+    .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    Ok(sender)
+}

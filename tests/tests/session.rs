@@ -1,0 +1,181 @@
+//! The agent session protocol spoken by hand: hello rules, heartbeats, replacement and shutdown.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use keygate_gateway::http::body::ChannelBody;
+use keygate_protocol::{Frame, FrameDecoder, GoAwayReason, PROTOCOL_VERSION};
+use keygate_tests::{agent_h2, agent_token, AgentCredentials, TestServer, ACCOUNT};
+use tokio::sync::mpsc;
+
+/// A session opened by hand: frames go out through `tx`, come back through `next`.
+struct RawSession {
+    tx: mpsc::Sender<Bytes>,
+    body: Incoming,
+    decoder: FrameDecoder,
+}
+
+impl RawSession {
+    async fn open(server: &TestServer, creds: &AgentCredentials) -> RawSession {
+        let token = agent_token(server, creds).await;
+        let mut sender = agent_h2::<ChannelBody>(server.agent_addr, &creds.dir).await.unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let request = http::Request::post("https://localhost/v1/agent/session")
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(ChannelBody::new(rx))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        RawSession {
+            tx,
+            body: response.into_body(),
+            decoder: FrameDecoder::new(keygate_protocol::DEFAULT_MAX_FRAME_BYTES),
+        }
+    }
+
+    async fn send(&self, frame: Frame) {
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        self.tx.send(buf.freeze()).await.unwrap();
+    }
+
+    async fn hello(&self, version: u16) {
+        self.send(Frame::Hello {
+            protocol_version: version,
+            max_concurrent_tasks: 4,
+            agent_version: "test".into(),
+            instance_id: "raw".into(),
+        })
+        .await;
+    }
+
+    /// The next frame from the gateway, or None when the stream ends; fails after 5 s.
+    async fn next(&mut self) -> Option<Frame> {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(frame) = self.decoder.next_frame().unwrap() {
+                    return Some(frame);
+                }
+                match self.body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            self.decoder.extend(&data);
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .expect("a frame or the end of the stream within 5 s")
+    }
+
+    /// Skips pings until a GoAway arrives; returns its reason and message.
+    async fn expect_go_away(&mut self) -> (GoAwayReason, String) {
+        loop {
+            match self.next().await {
+                Some(Frame::GoAway { reason, message, .. }) => return (reason, message),
+                Some(Frame::Ping { .. }) | Some(Frame::Welcome { .. }) => continue,
+                other => panic!("expected GoAway, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_then_welcome() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let mut session = RawSession::open(&server, &creds).await;
+    session.hello(PROTOCOL_VERSION).await;
+    match session.next().await {
+        Some(Frame::Welcome { protocol_version, heartbeat_interval_ms, session_id }) => {
+            assert_eq!(protocol_version, PROTOCOL_VERSION);
+            assert_eq!(heartbeat_interval_ms, 10_000);
+            assert!(session_id.starts_with("ses_"));
+        }
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    session.send(Frame::Ping { nonce: 42 }).await;
+    assert_eq!(session.next().await, Some(Frame::Pong { nonce: 42 }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_protocol_version_gets_go_away() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let mut session = RawSession::open(&server, &creds).await;
+    session.hello(99).await;
+    let (reason, message) = session.expect_go_away().await;
+    assert_eq!(reason, GoAwayReason::ProtocolError);
+    assert!(message.contains("99") && message.contains(&PROTOCOL_VERSION.to_string()), "{message}");
+    assert_eq!(session.next().await, None, "the stream ends after GoAway");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_frame_must_be_hello() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let mut session = RawSession::open(&server, &creds).await;
+    session.send(Frame::Ping { nonce: 1 }).await;
+    let (reason, message) = session.expect_go_away().await;
+    assert_eq!(reason, GoAwayReason::ProtocolError);
+    assert!(message.contains("hello"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_agent_closed_after_missed_heartbeats() {
+    let server = TestServer::start_with(|c| c.gateway.heartbeat_interval_ms = 200).await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let mut session = RawSession::open(&server, &creds).await;
+    session.hello(PROTOCOL_VERSION).await;
+    let started = std::time::Instant::now();
+    let (reason, _) = session.expect_go_away().await;
+    assert_eq!(reason, GoAwayReason::HeartbeatTimeout);
+    assert!(started.elapsed() >= Duration::from_millis(600), "closed after {:?}", started.elapsed());
+    for _ in 0..50 {
+        if server.server().state().sessions.get(&creds.id).is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the closed session is still registered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_session_replaces_first() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let mut first = RawSession::open(&server, &creds).await;
+    first.hello(PROTOCOL_VERSION).await;
+    assert!(matches!(first.next().await, Some(Frame::Welcome { .. })));
+    let first_id = server.server().state().sessions.get(&creds.id).unwrap().session_id.clone();
+
+    let mut second = RawSession::open(&server, &creds).await;
+    second.hello(PROTOCOL_VERSION).await;
+    assert!(matches!(second.next().await, Some(Frame::Welcome { .. })));
+    let (reason, _) = first.expect_go_away().await;
+    assert_eq!(reason, GoAwayReason::Replaced);
+    let current = server.server().state().sessions.get(&creds.id).unwrap();
+    assert_ne!(current.session_id, first_id);
+    assert_eq!(server.server().state().sessions.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_go_away() {
+    let mut server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let mut session = RawSession::open(&server, &creds).await;
+    session.hello(PROTOCOL_VERSION).await;
+    assert!(matches!(session.next().await, Some(Frame::Welcome { .. })));
+    let shutdown = tokio::spawn(async move {
+        server.shutdown().await;
+        server
+    });
+    let (reason, _) = session.expect_go_away().await;
+    assert_eq!(reason, GoAwayReason::ShuttingDown);
+    drop(session);
+    let _server = tokio::time::timeout(Duration::from_secs(10), shutdown).await.expect("shutdown finishes").unwrap();
+}

@@ -1,0 +1,131 @@
+//! A closed loop: each worker sends one request, waits for the answer, repeats.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Full};
+
+use crate::client::Sender;
+
+pub struct RequestTemplate {
+    pub method: Method,
+    pub path: String,
+    pub body: Bytes,
+    pub authorization: String,
+}
+
+/// Results of a measured run; latencies in microseconds.
+pub struct Report {
+    latencies_us: Vec<u64>,
+    elapsed: Duration,
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+impl Report {
+    pub fn per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `p`th percentile latency in milliseconds (nearest rank), 0 with no samples.
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p / 100.0) * self.latencies_us.len() as f64).ceil() as usize;
+        let index = rank.clamp(1, self.latencies_us.len()) - 1;
+        self.latencies_us[index] as f64 / 1000.0
+    }
+}
+
+struct WorkerResult {
+    latencies_us: Vec<u64>,
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+pub async fn run(senders: Vec<Sender>, request: RequestTemplate, concurrency: usize, warmup: Duration, duration: Duration) -> Report {
+    let request = std::sync::Arc::new(request);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let stop_at = measure_from + duration;
+    let mut workers = Vec::with_capacity(concurrency);
+    for i in 0..concurrency {
+        let sender = senders[i % senders.len()].clone();
+        let request = request.clone();
+        workers.push(tokio::spawn(worker(sender, request, measure_from, stop_at)));
+    }
+    let mut report = Report {
+        latencies_us: Vec::new(),
+        elapsed: duration,
+        ok: 0,
+        errors: 0,
+        first_error: None,
+    };
+    for worker in workers {
+        let result = worker.await.expect("worker task");
+        report.latencies_us.extend(result.latencies_us);
+        report.ok += result.ok;
+        report.errors += result.errors;
+        if report.first_error.is_none() {
+            report.first_error = result.first_error;
+        }
+    }
+    report.latencies_us.sort_unstable();
+    report
+}
+
+async fn worker(mut sender: Sender, request: std::sync::Arc<RequestTemplate>, measure_from: Instant, stop_at: Instant) -> WorkerResult {
+    let mut result = WorkerResult {
+        latencies_us: Vec::new(),
+        ok: 0,
+        errors: 0,
+        first_error: None,
+    };
+    loop {
+        let started = Instant::now();
+        if started >= stop_at {
+            return result;
+        }
+        let outcome = send_one(&mut sender, &request).await;
+        let measured = started >= measure_from && Instant::now() <= stop_at;
+        match outcome {
+            Ok(()) if measured => {
+                result.ok += 1;
+                result.latencies_us.push(started.elapsed().as_micros() as u64);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if measured {
+                    result.errors += 1;
+                }
+                if result.first_error.is_none() {
+                    result.first_error = Some(e);
+                }
+                // A failed connection fails at once; pause so an error loop stays bounded.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn send_one(sender: &mut Sender, request: &RequestTemplate) -> Result<(), String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let req = http::Request::builder()
+        .method(request.method.clone())
+        .uri(format!("https://localhost{}", request.path))
+        .header(http::header::AUTHORIZATION, &request.authorization)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(request.body.clone()))
+        .map_err(|e| e.to_string())?;
+    let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    if status != http::StatusCode::OK {
+        return Err(format!("status {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)])));
+    }
+    Ok(())
+}

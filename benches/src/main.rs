@@ -1,0 +1,152 @@
+//! `keygate-bench`: closed-loop load generators for a running keygate.
+//!
+//! `relay` submits tasks to one agent and `secrets` resolves one secret
+//! definition, each from N concurrent workers over persistent HTTP/2
+//! connections, for a bounded time; both print throughput and latency
+//! percentiles. `benches/run.sh` starts a server and an agent and runs them.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod load;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http::Method;
+
+#[derive(Parser)]
+#[command(name = "keygate-bench", about = "Load generators for keygate")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Submit tasks to one agent and wait for each result.
+    Relay(RelayArgs),
+    /// Resolve one secret definition as a runner.
+    Secrets(SecretArgs),
+}
+
+#[derive(Args)]
+struct Target {
+    /// `host:port` of the API listener; must be a loopback address.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    api: std::net::SocketAddr,
+    /// CA certificate of the server.
+    #[arg(long)]
+    ca: PathBuf,
+    /// File holding the bearer token.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Concurrent workers, each with one request in flight.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// HTTP/2 connections the workers share; default: one per 16 workers, at least one.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Length of the measured run, in seconds (at most 300).
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Unmeasured warm-up before the run, in seconds.
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The agent that runs the tasks.
+    #[arg(long)]
+    agent_id: String,
+    /// Task payload size in bytes (an `echo` payload of that many characters).
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+}
+
+#[derive(Args)]
+struct SecretArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long, default_value = "bench")]
+    project: String,
+    /// Name of the secret definition to resolve.
+    #[arg(long, default_value = "bench-secret")]
+    definition: String,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Relay(args) => {
+            let body = serde_json::json!({
+                "kind": "echo",
+                "payload": {"data": "x".repeat(args.payload_bytes)},
+                "timeout_ms": 10_000,
+            });
+            let path = format!("/v1/agents/{}/tasks", args.agent_id);
+            run("relay", &args.target, Method::POST, path, Bytes::from(body.to_string())).await
+        }
+        Command::Secrets(args) => {
+            let path = format!("/v1/projects/{}/secret-definitions/{}/value", args.project, args.definition);
+            run("secrets", &args.target, Method::GET, path, Bytes::new()).await
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(name: &str, target: &Target, method: Method, path: String, body: Bytes) -> Result<(), String> {
+    if !target.api.ip().is_loopback() {
+        return Err(format!("--api {} is not a loopback address; load runs stay on this machine", target.api));
+    }
+    if target.concurrency == 0 || target.concurrency > 4096 {
+        return Err(format!("--concurrency {} must be between 1 and 4096", target.concurrency));
+    }
+    if target.duration_secs == 0 || target.duration_secs > 300 {
+        return Err(format!("--duration-secs {} must be between 1 and 300", target.duration_secs));
+    }
+    let token = std::fs::read_to_string(&target.token_file)
+        .map_err(|e| format!("cannot read --token-file {}: {e}", target.token_file.display()))?
+        .trim()
+        .to_owned();
+    let connections = target.connections.unwrap_or(target.concurrency.div_ceil(16)).max(1);
+    let senders = client::connect_all(target.api, &target.ca, connections).await?;
+    let request = load::RequestTemplate {
+        method,
+        path,
+        body,
+        authorization: format!("Bearer {token}"),
+    };
+    let report = load::run(
+        senders,
+        request,
+        target.concurrency,
+        Duration::from_secs(target.warmup_secs),
+        Duration::from_secs(target.duration_secs),
+    )
+    .await;
+    println!(
+        "{name}: concurrency {} connections {connections} duration {} s: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {} ok, {} errors",
+        target.concurrency,
+        target.duration_secs,
+        report.per_second(),
+        report.percentile_ms(50.0),
+        report.percentile_ms(99.0),
+        report.percentile_ms(100.0),
+        report.ok,
+        report.errors,
+    );
+    if let Some(sample) = &report.first_error {
+        println!("{name}: first error: {sample}");
+    }
+    Ok(())
+}

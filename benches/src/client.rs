@@ -15,7 +15,8 @@ pub type Sender = SendRequest<Full<Bytes>>;
 
 /// Opens `count` HTTP/2 connections to `addr`, trusting `ca`.
 pub async fn connect_all(addr: SocketAddr, ca: &Path, count: usize) -> Result<Vec<Sender>, String> {
-    let config = Arc::new(keygate_gateway::tls::client_config(ca, None, true).map_err(|e| e.to_string())?);
+    let config =
+        Arc::new(keygate_gateway::tls::client_config(ca, None, true).map_err(|e| e.to_string())?);
     let mut senders = Vec::with_capacity(count);
     for _ in 0..count {
         let tcp = tokio::net::TcpStream::connect(addr)

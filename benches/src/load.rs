@@ -47,7 +47,13 @@ struct WorkerResult {
     first_error: Option<String>,
 }
 
-pub async fn run(senders: Vec<Sender>, request: RequestTemplate, concurrency: usize, warmup: Duration, duration: Duration) -> Report {
+pub async fn run(
+    senders: Vec<Sender>,
+    request: RequestTemplate,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Report {
     let request = std::sync::Arc::new(request);
     let start = Instant::now();
     let measure_from = start + warmup;
@@ -78,7 +84,12 @@ pub async fn run(senders: Vec<Sender>, request: RequestTemplate, concurrency: us
     report
 }
 
-async fn worker(mut sender: Sender, request: std::sync::Arc<RequestTemplate>, measure_from: Instant, stop_at: Instant) -> WorkerResult {
+async fn worker(
+    mut sender: Sender,
+    request: std::sync::Arc<RequestTemplate>,
+    measure_from: Instant,
+    stop_at: Instant,
+) -> WorkerResult {
     let mut result = WorkerResult {
         latencies_us: Vec::new(),
         ok: 0,
@@ -95,7 +106,9 @@ async fn worker(mut sender: Sender, request: std::sync::Arc<RequestTemplate>, me
         match outcome {
             Ok(()) if measured => {
                 result.ok += 1;
-                result.latencies_us.push(started.elapsed().as_micros() as u64);
+                result
+                    .latencies_us
+                    .push(started.elapsed().as_micros() as u64);
             }
             Ok(()) => {}
             Err(e) => {
@@ -123,9 +136,17 @@ async fn send_one(sender: &mut Sender, request: &RequestTemplate) -> Result<(), 
         .map_err(|e| e.to_string())?;
     let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = response.status();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     if status != http::StatusCode::OK {
-        return Err(format!("status {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)])));
+        return Err(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        ));
     }
     Ok(())
 }

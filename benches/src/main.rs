@@ -91,10 +91,20 @@ async fn main() {
                 "timeout_ms": 10_000,
             });
             let path = format!("/v1/agents/{}/tasks", args.agent_id);
-            run("relay", &args.target, Method::POST, path, Bytes::from(body.to_string())).await
+            run(
+                "relay",
+                &args.target,
+                Method::POST,
+                path,
+                Bytes::from(body.to_string()),
+            )
+            .await
         }
         Command::Secrets(args) => {
-            let path = format!("/v1/projects/{}/secret-definitions/{}/value", args.project, args.definition);
+            let path = format!(
+                "/v1/projects/{}/secret-definitions/{}/value",
+                args.project, args.definition
+            );
             run("secrets", &args.target, Method::GET, path, Bytes::new()).await
         }
     };
@@ -104,21 +114,44 @@ async fn main() {
     }
 }
 
-async fn run(name: &str, target: &Target, method: Method, path: String, body: Bytes) -> Result<(), String> {
+async fn run(
+    name: &str,
+    target: &Target,
+    method: Method,
+    path: String,
+    body: Bytes,
+) -> Result<(), String> {
     if !target.api.ip().is_loopback() {
-        return Err(format!("--api {} is not a loopback address; load runs stay on this machine", target.api));
+        return Err(format!(
+            "--api {} is not a loopback address; load runs stay on this machine",
+            target.api
+        ));
     }
     if target.concurrency == 0 || target.concurrency > 4096 {
-        return Err(format!("--concurrency {} must be between 1 and 4096", target.concurrency));
+        return Err(format!(
+            "--concurrency {} must be between 1 and 4096",
+            target.concurrency
+        ));
     }
     if target.duration_secs == 0 || target.duration_secs > 300 {
-        return Err(format!("--duration-secs {} must be between 1 and 300", target.duration_secs));
+        return Err(format!(
+            "--duration-secs {} must be between 1 and 300",
+            target.duration_secs
+        ));
     }
     let token = std::fs::read_to_string(&target.token_file)
-        .map_err(|e| format!("cannot read --token-file {}: {e}", target.token_file.display()))?
+        .map_err(|e| {
+            format!(
+                "cannot read --token-file {}: {e}",
+                target.token_file.display()
+            )
+        })?
         .trim()
         .to_owned();
-    let connections = target.connections.unwrap_or(target.concurrency.div_ceil(16)).max(1);
+    let connections = target
+        .connections
+        .unwrap_or(target.concurrency.div_ceil(16))
+        .max(1);
     let senders = client::connect_all(target.api, &target.ca, connections).await?;
     let request = load::RequestTemplate {
         method,

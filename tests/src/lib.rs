@@ -340,7 +340,10 @@ where
 }
 
 /// Opens an HTTP/2 connection over mTLS to the agent listener, for tests that speak the protocol by hand.
-pub async fn agent_h2<B>(addr: SocketAddr, creds_dir: &Path) -> Result<hyper::client::conn::http2::SendRequest<B>, String>
+pub async fn agent_h2<B>(
+    addr: SocketAddr,
+    creds_dir: &Path,
+) -> Result<hyper::client::conn::http2::SendRequest<B>, String>
 where
     B: hyper::body::Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -348,18 +351,24 @@ where
 {
     let config = keygate_gateway::tls::client_config(
         &creds_dir.join("ca.pem"),
-        Some((&creds_dir.join("client.pem"), &creds_dir.join("client-key.pem"))),
+        Some((
+            &creds_dir.join("client.pem"),
+            &creds_dir.join("client-key.pem"),
+        )),
         true,
     )
     .map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let stream = TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").expect("name"), tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
     tokio::spawn(connection);
     Ok(sender)
 }
@@ -367,16 +376,37 @@ where
 /// Logs an agent in at the token endpoint and returns its access token.
 pub async fn agent_token(server: &TestServer, creds: &AgentCredentials) -> String {
     use base64::Engine;
-    let client = HttpsClient::new(server.agent_addr, &creds.dir.join("ca.pem"), Some(&creds.dir));
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", creds.id, creds.secret));
+    let client = HttpsClient::new(
+        server.agent_addr,
+        &creds.dir.join("ca.pem"),
+        Some(&creds.dir),
+    );
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", creds.id, creds.secret));
     let headers = [
-        (http::header::CONTENT_TYPE, "application/x-www-form-urlencoded".to_owned()),
+        (
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".to_owned(),
+        ),
         (http::header::AUTHORIZATION, format!("Basic {basic}")),
     ];
     let (status, _, body) = client
-        .send(Method::POST, "/oauth/token", &headers, Bytes::from_static(b"grant_type=client_credentials"))
+        .send(
+            Method::POST,
+            "/oauth/token",
+            &headers,
+            Bytes::from_static(b"grant_type=client_credentials"),
+        )
         .await;
-    assert_eq!(status, StatusCode::OK, "login: {}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "login: {}",
+        String::from_utf8_lossy(&body)
+    );
     let parsed: Value = serde_json::from_slice(&body).expect("token JSON");
-    parsed["access_token"].as_str().expect("access_token").to_owned()
+    parsed["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
 }

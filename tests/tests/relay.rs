@@ -338,3 +338,52 @@ async fn agent_view_shows_session() {
     assert_eq!(list["agents"].as_array().unwrap().len(), 1);
     agent.stop().await;
 }
+
+/// Returns a result larger than one session frame.
+struct Oversized;
+
+impl keygate_gateway::agent::TaskHandler for Oversized {
+    fn run(&self, _payload: bytes::Bytes) -> keygate_gateway::agent::TaskFuture {
+        Box::pin(async { Ok(bytes::Bytes::from(vec![b'7'; 2 * 1024 * 1024])) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_result_fails_task_not_session() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let mut handlers = keygate_gateway::agent::TaskHandlers::builtin();
+    handlers.register("oversized", Oversized);
+    let agent = server.start_agent_with(&creds, 2, handlers).await;
+    let session_before = server
+        .server()
+        .state()
+        .sessions
+        .get(&creds.id)
+        .unwrap()
+        .session_id
+        .clone();
+
+    let (status, body) = server.submit(&creds.id, json!({"kind": "oversized"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "failed");
+    assert!(
+        body["error"].as_str().unwrap().contains("cannot be sent"),
+        "{body}"
+    );
+
+    let (status, body) = server
+        .submit(&creds.id, json!({"kind": "echo", "payload": 1}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let session_after = server
+        .server()
+        .state()
+        .sessions
+        .get(&creds.id)
+        .unwrap()
+        .session_id
+        .clone();
+    assert_eq!(session_before, session_after, "the session survived");
+    agent.stop().await;
+}

@@ -20,7 +20,9 @@ struct RawSession {
 impl RawSession {
     async fn open(server: &TestServer, creds: &AgentCredentials) -> RawSession {
         let token = agent_token(server, creds).await;
-        let mut sender = agent_h2::<ChannelBody>(server.agent_addr, &creds.dir).await.unwrap();
+        let mut sender = agent_h2::<ChannelBody>(server.agent_addr, &creds.dir)
+            .await
+            .unwrap();
         let (tx, rx) = mpsc::channel(16);
         let request = http::Request::post("https://localhost/v1/agent/session")
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
@@ -76,7 +78,9 @@ impl RawSession {
     async fn expect_go_away(&mut self) -> (GoAwayReason, String) {
         loop {
             match self.next().await {
-                Some(Frame::GoAway { reason, message, .. }) => return (reason, message),
+                Some(Frame::GoAway {
+                    reason, message, ..
+                }) => return (reason, message),
                 Some(Frame::Ping { .. }) | Some(Frame::Welcome { .. }) => continue,
                 other => panic!("expected GoAway, got {other:?}"),
             }
@@ -91,7 +95,11 @@ async fn hello_then_welcome() {
     let mut session = RawSession::open(&server, &creds).await;
     session.hello(PROTOCOL_VERSION).await;
     match session.next().await {
-        Some(Frame::Welcome { protocol_version, heartbeat_interval_ms, session_id }) => {
+        Some(Frame::Welcome {
+            protocol_version,
+            heartbeat_interval_ms,
+            session_id,
+        }) => {
             assert_eq!(protocol_version, PROTOCOL_VERSION);
             assert_eq!(heartbeat_interval_ms, 10_000);
             assert!(session_id.starts_with("ses_"));
@@ -110,7 +118,10 @@ async fn other_protocol_version_gets_go_away() {
     session.hello(99).await;
     let (reason, message) = session.expect_go_away().await;
     assert_eq!(reason, GoAwayReason::ProtocolError);
-    assert!(message.contains("99") && message.contains(&PROTOCOL_VERSION.to_string()), "{message}");
+    assert!(
+        message.contains("99") && message.contains(&PROTOCOL_VERSION.to_string()),
+        "{message}"
+    );
     assert_eq!(session.next().await, None, "the stream ends after GoAway");
 }
 
@@ -134,7 +145,11 @@ async fn silent_agent_closed_after_missed_heartbeats() {
     let started = std::time::Instant::now();
     let (reason, _) = session.expect_go_away().await;
     assert_eq!(reason, GoAwayReason::HeartbeatTimeout);
-    assert!(started.elapsed() >= Duration::from_millis(600), "closed after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "closed after {:?}",
+        started.elapsed()
+    );
     for _ in 0..50 {
         if server.server().state().sessions.get(&creds.id).is_none() {
             return;
@@ -151,7 +166,14 @@ async fn second_session_replaces_first() {
     let mut first = RawSession::open(&server, &creds).await;
     first.hello(PROTOCOL_VERSION).await;
     assert!(matches!(first.next().await, Some(Frame::Welcome { .. })));
-    let first_id = server.server().state().sessions.get(&creds.id).unwrap().session_id.clone();
+    let first_id = server
+        .server()
+        .state()
+        .sessions
+        .get(&creds.id)
+        .unwrap()
+        .session_id
+        .clone();
 
     let mut second = RawSession::open(&server, &creds).await;
     second.hello(PROTOCOL_VERSION).await;
@@ -177,5 +199,8 @@ async fn shutdown_sends_go_away() {
     let (reason, _) = session.expect_go_away().await;
     assert_eq!(reason, GoAwayReason::ShuttingDown);
     drop(session);
-    let _server = tokio::time::timeout(Duration::from_secs(10), shutdown).await.expect("shutdown finishes").unwrap();
+    let _server = tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,8 +17,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
-use super::{AgentOptions, TaskHandlers};
+use super::{AgentOptions, TaskHandler, TaskHandlers};
 use crate::http::body::ChannelBody;
+use crate::session::encode_frame;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,7 +66,7 @@ pub async fn run_session(
         instance_id: options.instance_id.clone(),
     };
     frames_tx
-        .send(encode(&hello))
+        .send(encode_frame(&hello))
         .await
         .map_err(|_| AgentError::Stream("session closed".into()))?;
     let request = http::Request::post(format!("https://{}/v1/agent/session", options.gateway))
@@ -143,43 +144,12 @@ pub async fn run_session(
                 let tx = frames_tx.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let (outcome, result) = match handler {
-                        None => (
-                            TaskOutcome::Failed,
-                            Bytes::from(format!(
-                                "this agent has no handler for task kind {kind:?}"
-                            )),
-                        ),
-                        Some(handler) => {
-                            match tokio::time::timeout(
-                                Duration::from_millis(timeout_ms as u64),
-                                handler.run(payload),
-                            )
-                            .await
-                            {
-                                Ok(Ok(bytes)) => (TaskOutcome::Succeeded, bytes),
-                                Ok(Err(message)) => (TaskOutcome::Failed, Bytes::from(message)),
-                                Err(_) => (
-                                    TaskOutcome::Failed,
-                                    Bytes::from(format!(
-                                        "the task did not finish within {timeout_ms} ms"
-                                    )),
-                                ),
-                            }
-                        }
-                    };
-                    debug!(task.id = %task_id, outcome = ?outcome, "task finished");
-                    let _ = tx
-                        .send(encode(&Frame::TaskResult {
-                            task_id,
-                            outcome,
-                            payload: result,
-                        }))
-                        .await;
+                    let frame = execute(handler, task_id, kind, timeout_ms, payload).await;
+                    let _ = tx.send(encode_frame(&frame)).await;
                 });
             }
             Some(Frame::Ping { nonce }) => {
-                let _ = frames_tx.send(encode(&Frame::Pong { nonce })).await;
+                let _ = frames_tx.send(encode_frame(&Frame::Pong { nonce })).await;
             }
             Some(Frame::Pong { .. }) => {}
             Some(Frame::GoAway {
@@ -337,8 +307,44 @@ fn problem_detail(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
 }
 
-fn encode(frame: &Frame) -> Bytes {
-    let mut buf = BytesMut::with_capacity(frame.encoded_len());
-    frame.encode(&mut buf);
-    buf.freeze()
+/// Runs one task and builds its result frame; a result too large for one
+/// frame becomes a failure, because an oversized frame would end the session.
+async fn execute(
+    handler: Option<Arc<dyn TaskHandler>>,
+    task_id: String,
+    kind: String,
+    timeout_ms: u32,
+    payload: Bytes,
+) -> Frame {
+    let (outcome, result) = match handler {
+        None => (
+            TaskOutcome::Failed,
+            Bytes::from(format!("this agent has no handler for task kind {kind:?}")),
+        ),
+        Some(handler) => {
+            let limit = Duration::from_millis(timeout_ms as u64);
+            match tokio::time::timeout(limit, handler.run(payload)).await {
+                Ok(Ok(bytes)) => (TaskOutcome::Succeeded, bytes),
+                Ok(Err(message)) => (TaskOutcome::Failed, Bytes::from(message)),
+                Err(_) => (
+                    TaskOutcome::Failed,
+                    Bytes::from(format!("the task did not finish within {timeout_ms} ms")),
+                ),
+            }
+        }
+    };
+    debug!(task.id = %task_id, outcome = ?outcome, "task finished");
+    let frame = Frame::TaskResult {
+        task_id: task_id.clone(),
+        outcome,
+        payload: result,
+    };
+    match frame.validate(keygate_protocol::DEFAULT_MAX_FRAME_BYTES) {
+        Ok(()) => frame,
+        Err(e) => Frame::TaskResult {
+            task_id,
+            outcome: TaskOutcome::Failed,
+            payload: Bytes::from(format!("the task result cannot be sent: {e}")),
+        },
+    }
 }

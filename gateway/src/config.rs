@@ -97,6 +97,8 @@ pub struct GatewayConfig {
     pub max_queued_tasks_per_agent: usize,
     /// How long finished task results stay readable at `GET /v1/tasks/{id}`.
     pub finished_task_retention_secs: u64,
+    /// Finished tasks kept at most; beyond it the oldest are dropped before their retention ends.
+    pub max_finished_tasks: usize,
     /// Time a new connection has to finish its TLS handshake.
     pub tls_handshake_timeout_ms: u64,
     /// How long shutdown waits for open connections to finish.
@@ -156,6 +158,7 @@ impl Default for GatewayConfig {
             max_wait_ms: 60_000,
             max_queued_tasks_per_agent: 1024,
             finished_task_retention_secs: 600,
+            max_finished_tasks: 100_000,
             tls_handshake_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
         }
@@ -254,6 +257,12 @@ impl Config {
             g.tls_handshake_timeout_ms,
             100,
             120_000,
+        )?;
+        check_range(
+            "gateway.max_finished_tasks",
+            g.max_finished_tasks as u64,
+            1,
+            10_000_000,
         )?;
         check_range("gateway.shutdown_grace_ms", g.shutdown_grace_ms, 0, 600_000)?;
         check_range(
@@ -410,6 +419,11 @@ mod tests {
                 "[gateway]\ntls_handshake_timeout_ms = 1\n",
                 "gateway.tls_handshake_timeout_ms",
                 "1",
+            ),
+            (
+                "[gateway]\nmax_finished_tasks = 0\n",
+                "gateway.max_finished_tasks",
+                "0",
             ),
             ("[auth]\nissuer = \"\"\n", "auth.issuer", "\"\""),
             ("[auth]\naudience = \"a b\"\n", "auth.audience", "\"a b\""),

@@ -135,7 +135,7 @@ impl Server {
             agents: AgentDirectory::new(store),
             vault,
             sessions: SessionRegistry::default(),
-            tasks: TaskTable::default(),
+            tasks: TaskTable::new(config.gateway.max_finished_tasks),
             metrics: Metrics::new(),
             jwks: Bytes::from(serde_json::to_vec(&jwks).expect("JWK sets serialize")),
             config,

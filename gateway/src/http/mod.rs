@@ -38,7 +38,7 @@ pub async fn handle(
     let method = req.method().clone();
     let route = router::route(conn.listener, &method, req.uri().path());
     let template = route.as_ref().map(Route::template).unwrap_or("unmatched");
-    let span = tracing::debug_span!(
+    let span = tracing::info_span!(
         "request",
         request.id = %request_id,
         listener = conn.listener.as_str(),

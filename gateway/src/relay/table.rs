@@ -1,6 +1,6 @@
 //! In-memory table of submitted tasks and their state, for waiting callers and polling.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -66,40 +66,74 @@ struct Entry {
 }
 
 #[derive(Default)]
+struct Inner {
+    entries: HashMap<String, Entry>,
+    /// Finished tasks in the order they finished, with their finish time.
+    finished: VecDeque<(u64, String)>,
+}
+
+/// Tasks by id. Finished tasks are dropped after the retention time, or
+/// oldest first once more than `max_finished` have accumulated, so memory
+/// stays bounded under any task rate.
 pub struct TaskTable {
-    entries: Mutex<HashMap<String, Entry>>,
+    inner: Mutex<Inner>,
+    max_finished: usize,
 }
 
 impl TaskTable {
+    pub fn new(max_finished: usize) -> TaskTable {
+        TaskTable {
+            inner: Mutex::new(Inner::default()),
+            max_finished,
+        }
+    }
+
     pub fn insert(&self, account: &str, view: TaskView) {
         let id = view.id.clone();
         let (state, _) = watch::channel(view);
-        self.entries.lock().expect("task table lock").insert(
-            id,
-            Entry {
-                account: account.to_owned(),
-                state,
-            },
-        );
+        let entry = Entry {
+            account: account.to_owned(),
+            state,
+        };
+        self.inner
+            .lock()
+            .expect("task table lock")
+            .entries
+            .insert(id, entry);
     }
 
     /// Applies `change` to the task's view; finishing a task stamps `finished_at_ms`.
     pub fn update(&self, task_id: &str, change: impl FnOnce(&mut TaskView)) {
-        let entries = self.entries.lock().expect("task table lock");
-        if let Some(entry) = entries.get(task_id) {
-            entry.state.send_modify(|view| {
-                change(view);
-                if view.status.is_final() && view.finished_at_ms.is_none() {
-                    view.finished_at_ms = Some(crate::now_ms());
+        let mut inner = self.inner.lock().expect("task table lock");
+        let Some(entry) = inner.entries.get(task_id) else {
+            return;
+        };
+        let mut finished_now = None;
+        entry.state.send_modify(|view| {
+            change(view);
+            if view.status.is_final() && view.finished_at_ms.is_none() {
+                let now = crate::now_ms();
+                view.finished_at_ms = Some(now);
+                finished_now = Some(now);
+            }
+        });
+        if let Some(at) = finished_now {
+            inner.finished.push_back((at, task_id.to_owned()));
+            while inner.finished.len() > self.max_finished {
+                if let Some((_, oldest)) = inner.finished.pop_front() {
+                    inner.entries.remove(&oldest);
                 }
-            });
+            }
         }
     }
 
     /// The task's current view, if it exists and belongs to `account`.
     pub fn get(&self, account: &str, task_id: &str) -> Option<TaskView> {
-        let entries = self.entries.lock().expect("task table lock");
-        let entry = entries.get(task_id).filter(|e| e.account == account)?;
+        let inner = self.inner.lock().expect("task table lock");
+        let entry = inner
+            .entries
+            .get(task_id)
+            .filter(|e| e.account == account)?;
         let view = entry.state.borrow().clone();
         Some(view)
     }
@@ -107,25 +141,30 @@ impl TaskTable {
     /// Waits up to `wait` for the task to finish; returns its view at that time.
     pub async fn wait(&self, task_id: &str, wait: Duration) -> Option<TaskView> {
         let mut rx = {
-            let entries = self.entries.lock().expect("task table lock");
-            entries.get(task_id)?.state.subscribe()
+            let inner = self.inner.lock().expect("task table lock");
+            inner.entries.get(task_id)?.state.subscribe()
         };
         let _ = tokio::time::timeout(wait, rx.wait_for(|v| v.status.is_final())).await;
         let view = rx.borrow().clone();
         Some(view)
     }
 
-    /// Drops finished tasks older than `retention`; returns how many were removed.
+    /// Drops tasks that finished more than `retention` ago; returns how many.
     pub fn sweep(&self, retention: Duration) -> usize {
         let cutoff = crate::now_ms().saturating_sub(retention.as_millis() as u64);
-        let mut entries = self.entries.lock().expect("task table lock");
-        let before = entries.len();
-        entries.retain(|_, e| e.state.borrow().finished_at_ms.is_none_or(|t| t > cutoff));
-        before - entries.len()
+        let mut inner = self.inner.lock().expect("task table lock");
+        let mut removed = 0;
+        while inner.finished.front().is_some_and(|(at, _)| *at <= cutoff) {
+            if let Some((_, id)) = inner.finished.pop_front() {
+                inner.entries.remove(&id);
+                removed += 1;
+            }
+        }
+        removed
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().expect("task table lock").len()
+        self.inner.lock().expect("task table lock").entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -153,7 +192,7 @@ mod tests {
 
     #[test]
     fn other_account_cannot_read() {
-        let table = TaskTable::default();
+        let table = TaskTable::new(10);
         table.insert("acme", view("t1"));
         assert!(table.get("acme", "t1").is_some());
         assert!(table.get("other", "t1").is_none());
@@ -161,7 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn wait_returns_on_finish_or_timeout() {
-        let table = std::sync::Arc::new(TaskTable::default());
+        let table = std::sync::Arc::new(TaskTable::new(10));
         table.insert("acme", view("t1"));
         let pending = table.wait("t1", Duration::from_millis(50)).await.unwrap();
         assert_eq!(pending.status, TaskStatus::Queued);
@@ -178,13 +217,34 @@ mod tests {
 
     #[test]
     fn sweep_keeps_unfinished_and_recent() {
-        let table = TaskTable::default();
+        let table = TaskTable::new(10);
         table.insert("acme", view("running"));
         table.insert("acme", view("done"));
         table.update("done", |v| v.status = TaskStatus::Failed);
         assert_eq!(table.sweep(Duration::from_secs(60)), 0);
-        table.update("done", |v| v.finished_at_ms = Some(1));
-        assert_eq!(table.sweep(Duration::from_secs(60)), 1);
+        assert_eq!(table.sweep(Duration::ZERO), 1);
         assert_eq!(table.len(), 1);
+        assert!(table.get("acme", "running").is_some());
+    }
+
+    #[test]
+    fn finished_tasks_capped_oldest_first() {
+        let table = TaskTable::new(2);
+        table.insert("acme", view("running"));
+        for id in ["t1", "t2", "t3"] {
+            table.insert("acme", view(id));
+            table.update(id, |v| v.status = TaskStatus::Succeeded);
+        }
+        assert!(
+            table.get("acme", "t1").is_none(),
+            "the oldest finished task is dropped"
+        );
+        assert!(table.get("acme", "t2").is_some());
+        assert!(table.get("acme", "t3").is_some());
+        assert!(
+            table.get("acme", "running").is_some(),
+            "unfinished tasks are never dropped"
+        );
+        assert_eq!(table.len(), 3);
     }
 }

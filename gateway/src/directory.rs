@@ -80,7 +80,7 @@ impl AgentDirectory {
             })
     }
 
-    /// The account's agents ordered by id, after `start_after`, at most `limit`.
+    /// Lists the account's agents ordered by id, after `start_after`, at most `limit`.
     pub fn list(
         &self,
         account: &str,

@@ -91,7 +91,7 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Renders every metric in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()

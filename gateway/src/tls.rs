@@ -19,11 +19,11 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The ring provider.
+/// Returns rustls's ring provider.
 ///
 /// NOTE: rustls 0.23.48 deprecates it because ring has no post-quantum key
-/// exchange (X25519MLKEM768); the aws-lc-rs provider has one but is a large
-/// C and CMake build. Key exchange here is classical X25519 / P-256 / P-384.
+/// exchange (X25519MLKEM768). The aws-lc-rs provider has one, but it is a
+/// large C and CMake build, so key exchange here stays X25519, P-256 or P-384.
 #[allow(deprecated)]
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -64,7 +64,7 @@ fn root_store(ca_path: &Path) -> Result<RootCertStore, TlsError> {
 
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// The API listener: server authentication only.
+/// Builds the API listener's configuration: server authentication only.
 pub fn api_server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -82,7 +82,7 @@ pub fn api_server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsErr
     Ok(config)
 }
 
-/// The agent listener: every client must present a certificate that chains to `client_ca`.
+/// Builds the agent listener's configuration: every client must present a certificate that chains to `client_ca`.
 pub fn agent_server_config(
     cert: &Path,
     key: &Path,
@@ -108,7 +108,7 @@ pub fn agent_server_config(
     Ok(config)
 }
 
-/// A client that trusts `ca` and, when given, authenticates with a client certificate.
+/// Builds a client configuration that trusts `ca` and, when given, authenticates with a client certificate.
 pub fn client_config(
     ca: &Path,
     identity: Option<(&Path, &Path)>,

@@ -32,7 +32,7 @@ pub enum AgentError {
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
-    #[error("the gateway rejected the agent: {0}")]
+    #[error("the gateway rejected the agent's credentials: {0}")]
     Unauthorized(String),
     #[error("unexpected answer from the gateway: {0}")]
     Protocol(String),
@@ -92,9 +92,11 @@ pub async fn run_session(
         let detail = problem_detail(&body);
         return Err(
             if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
-                AgentError::Unauthorized(format!("session refused with {status}: {detail}"))
+                AgentError::Unauthorized(format!(
+                    "session request rejected with {status}: {detail}"
+                ))
             } else {
-                AgentError::Protocol(format!("session refused with {status}: {detail}"))
+                AgentError::Protocol(format!("session request rejected with {status}: {detail}"))
             },
         );
     }
@@ -307,8 +309,8 @@ fn problem_detail(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
 }
 
-/// Runs one task and builds its result frame; a result too large for one
-/// frame becomes a failure, because an oversized frame would end the session.
+/// Runs one task and builds its result frame. A result too large for one
+/// frame is reported as a failure, because an oversized frame would end the session.
 async fn execute(
     handler: Option<Arc<dyn TaskHandler>>,
     task_id: String,

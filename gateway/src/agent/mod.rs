@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 use zeroize::Zeroizing;
 
-/// How the agent reaches and authenticates to the gateway.
+/// Gateway address and credentials of an agent.
 pub struct AgentOptions {
     /// `host:port` of the gateway's agent listener.
     pub gateway: String,
@@ -87,7 +87,7 @@ pub async fn run(
     }
 }
 
-/// A uniformly random duration in `[0, max]` ("full jitter").
+/// Returns a uniformly random duration in `[0, max]` ("full jitter").
 fn jitter(max: Duration) -> Duration {
     let mut bytes = [0u8; 4];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);

@@ -109,7 +109,7 @@ enum CertsCommand {
     Agent(tools_cmd::CertAgentArgs),
 }
 
-/// Where a tool command finds the server's configuration: a config file, or a data folder with defaults.
+/// Location of the server's configuration for tool commands: a config file, or a data folder with defaults.
 #[derive(Args)]
 struct ConfigSource {
     /// TOML configuration file of the server.

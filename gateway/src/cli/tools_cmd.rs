@@ -12,7 +12,7 @@ use crate::pki::DevCa;
 pub struct TokenIssueArgs {
     #[command(flatten)]
     source: ConfigSource,
-    /// Who the token speaks for (`sub`), e.g. `scheduler` or `runner-42`.
+    /// Subject of the token (`sub`): the caller's name, e.g. `scheduler` or `runner-42`.
     #[arg(long)]
     subject: String,
     /// Account the token acts for.

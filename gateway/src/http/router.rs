@@ -49,7 +49,7 @@ pub enum Route {
 }
 
 impl Route {
-    /// The route's path template: the `route` label of HTTP metrics.
+    /// Returns the route's path template, used as the `route` label of HTTP metrics.
     pub fn template(&self) -> &'static str {
         match self {
             Route::Jwks => "/.well-known/jwks.json",
@@ -77,7 +77,7 @@ impl Route {
     }
 }
 
-/// Finds the route for a request, or the 404 / 405 / 400 to answer.
+/// Finds the route for a request, or returns the 404, 405 or 400 error to send.
 pub fn route(listener: ListenerKind, method: &Method, path: &str) -> Result<Route, ApiError> {
     let segments = decode_segments(path)?;
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();

@@ -90,7 +90,7 @@ pub async fn open_session(
     Ok(response)
 }
 
-/// Why a session loop ended, for the log.
+/// Reason a session loop ended, for the log.
 enum End {
     AgentClosed,
     GoAway(GoAwayReason),
@@ -190,7 +190,7 @@ async fn run_session(
                 match frame {
                     Ok(Some(Frame::TaskResult { task_id, outcome, payload })) => {
                         if !session.complete(&task_id, TaskReply::Done { outcome, payload }) {
-                            debug!(task.id = %task_id, "result for a task nobody waits for");
+                            debug!(task.id = %task_id, "result for a task that no caller is waiting for");
                         }
                     }
                     Ok(Some(Frame::Ping { nonce })) => {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use keygate_protocol::{GoAwayReason, TaskOutcome};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-/// What became of a task sent on a session.
+/// Outcome of a task sent on a session.
 #[derive(Debug)]
 pub enum TaskReply {
     Done {
@@ -25,7 +25,7 @@ pub enum TaskReply {
     SessionClosed,
 }
 
-/// A connected agent session, as the relay sees it.
+/// A connected agent session, as the relay uses it.
 pub struct SessionHandle {
     pub session_id: String,
     pub agent_id: String,

@@ -19,7 +19,7 @@ pub fn healthz() -> Response {
     json_response(StatusCode::OK, &json!({"status": "ok"}))
 }
 
-/// Ready when the store answers a read.
+/// Reports ready when a read from the store succeeds.
 pub fn readyz(state: &SharedState) -> Response {
     match state
         .vault
@@ -28,10 +28,10 @@ pub fn readyz(state: &SharedState) -> Response {
     {
         Ok(_) => json_response(StatusCode::OK, &json!({"status": "ready"})),
         Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed: the store did not answer");
+            tracing::warn!(error = %e, "readiness check failed: reading the store failed");
             json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"status": "not_ready", "reason": format!("the store did not answer: {e}")}),
+                &json!({"status": "not_ready", "reason": format!("reading the store failed: {e}")}),
             )
         }
     }

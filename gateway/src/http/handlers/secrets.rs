@@ -153,7 +153,7 @@ pub async fn list_definitions(
     ))
 }
 
-/// A runner resolves a definition to its value.
+/// Resolves a definition to its value, for runners.
 pub async fn resolve(
     state: &SharedState,
     conn: &ConnInfo,

@@ -29,7 +29,7 @@ struct SubmitTask {
     payload: serde_json::Value,
     #[serde(default)]
     timeout_ms: Option<u64>,
-    /// How long this call waits for the result before answering 202; 0 answers at once.
+    /// Time this call waits for the result before it returns 202; 0 returns at once.
     #[serde(default)]
     wait_ms: Option<u64>,
 }

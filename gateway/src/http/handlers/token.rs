@@ -22,7 +22,7 @@ use crate::state::SharedState;
 /// Form bodies of the token endpoint are small; anything larger is not a token request.
 const MAX_FORM_BYTES: usize = 8 * 1024;
 
-/// An OAuth error (RFC 6749 section 5.2) inside a problem document.
+/// Builds an OAuth error (RFC 6749 section 5.2) inside a problem document.
 fn oauth_error(status: StatusCode, error: &'static str, detail: impl Into<String>) -> ApiError {
     ApiError::new(status, "oauth-error", detail).with_member("error", json!(error))
 }

@@ -34,7 +34,7 @@ pub struct Confirmation {
     pub x5t_s256: String,
 }
 
-/// Who a verified token speaks for and what it may do.
+/// Identity and permissions of a verified token.
 #[derive(Clone, Debug)]
 pub struct Principal {
     pub subject: String,
@@ -63,7 +63,7 @@ impl Principal {
         self.scopes.contains(scope)
     }
 
-    /// Whether the token's project restriction, if any, lists `project`.
+    /// Returns whether the token's project restriction, if any, lists `project`.
     pub fn may_access_project(&self, project: &str) -> bool {
         match &self.projects {
             None => true,

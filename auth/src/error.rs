@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// Why a presented token or credential was rejected.
+/// Reason a presented token or credential was rejected.
 ///
 /// `reason()` is a short, bounded label used in the `WWW-Authenticate` error
 /// description and in the `keygate_auth_failures_total{reason}` metric.

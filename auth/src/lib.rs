@@ -2,8 +2,8 @@
 //! the identity of a TLS client certificate, client secrets and scopes.
 //!
 //! Tokens are JWTs signed with EdDSA (Ed25519). Every verifying key accepts
-//! exactly one algorithm, fixed when the key is loaded; the `alg` in a token's
-//! header is only compared against it, never used to pick the verification.
+//! exactly one algorithm, fixed when the key is loaded. The `alg` in a token's
+//! header is only compared against it and never picks the verification.
 //! Agent tokens are bound to the client certificate they were issued for
 //! through the `cnf.x5t#S256` claim (RFC 8705).
 

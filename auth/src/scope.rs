@@ -36,6 +36,14 @@ impl Scope {
         }
     }
 
+    /// Scopes of platform callers and runners; `agent:session` comes only from the agent token endpoint.
+    pub const PLATFORM: [Scope; 4] = [
+        Scope::AgentsAdmin,
+        Scope::TasksWrite,
+        Scope::SecretsAdmin,
+        Scope::SecretsRead,
+    ];
+
     pub fn parse(text: &str) -> Option<Scope> {
         Scope::ALL.into_iter().find(|s| s.as_str() == text)
     }
@@ -74,17 +82,19 @@ impl ScopeSet {
         set
     }
 
-    /// Parses a list of scope names, rejecting an unknown one by name.
-    pub fn parse_strict<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<ScopeSet, String> {
+    /// Parses a list of scope names, rejecting one that is not in `allowed` by name.
+    pub fn parse_strict<'a>(
+        names: impl IntoIterator<Item = &'a str>,
+        allowed: &[Scope],
+    ) -> Result<ScopeSet, String> {
         let mut set = ScopeSet::default();
         for name in names {
-            let scope = Scope::parse(name).ok_or_else(|| {
-                let known: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
-                format!(
-                    "unknown scope {name:?} (known scopes: {})",
-                    known.join(", ")
-                )
-            })?;
+            let scope = Scope::parse(name)
+                .filter(|s| allowed.contains(s))
+                .ok_or_else(|| {
+                    let known: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+                    format!("unknown scope {name:?} (allowed: {})", known.join(", "))
+                })?;
             set.insert(scope);
         }
         Ok(set)
@@ -112,15 +122,18 @@ mod tests {
 
     #[test]
     fn claim_round_trip() {
-        let set = ScopeSet::parse_strict(["secrets:read", "tasks:write"]).unwrap();
+        let set = ScopeSet::parse_strict(["secrets:read", "tasks:write"], &Scope::ALL).unwrap();
         assert_eq!(set.to_claim(), "tasks:write secrets:read");
         assert_eq!(ScopeSet::from_claim(&set.to_claim()), set);
     }
 
     #[test]
     fn unknown_scope_rejected_by_name() {
-        let err = ScopeSet::parse_strict(["secrets:write"]).unwrap_err();
+        let err = ScopeSet::parse_strict(["secrets:write"], &Scope::ALL).unwrap_err();
         assert!(err.contains("\"secrets:write\""), "{err}");
+        let err = ScopeSet::parse_strict(["agent:session"], &Scope::PLATFORM).unwrap_err();
+        assert!(err.contains("\"agent:session\""), "{err}");
+        assert!(!err.contains("allowed: agent:session"), "{err}");
     }
 
     #[test]

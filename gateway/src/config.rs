@@ -41,11 +41,24 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct ListenConfig {
     /// mTLS listener for agent sessions and the token endpoint.
+    #[serde(deserialize_with = "socket_addr")]
     pub agent: SocketAddr,
     /// HTTPS listener for platform callers and runners.
+    #[serde(deserialize_with = "socket_addr")]
     pub api: SocketAddr,
     /// Plain-HTTP listener for `/metrics`, `/healthz` and `/readyz`.
+    #[serde(deserialize_with = "socket_addr")]
     pub ops: SocketAddr,
+}
+
+/// Parses `IP:port` with an error that shows the expected form.
+fn socket_addr<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address and port, e.g. \"127.0.0.1:8443\" or \"[::1]:8443\" (host names are not accepted)"
+        ))
+    })
 }
 
 /// Certificate files; a path left unset is taken from `data_dir/tls/`.
@@ -390,6 +403,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("api"), "{err}");
+        assert!(err.contains("\"not an address\""), "{err}");
+        assert!(
+            err.contains("127.0.0.1:8443"),
+            "the error shows the expected form: {err}"
+        );
     }
 
     #[test]

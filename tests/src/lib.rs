@@ -119,7 +119,8 @@ impl TestServer {
             .issue(&TokenRequest {
                 subject: "test-caller".into(),
                 account: account.into(),
-                scopes: ScopeSet::parse_strict(scopes.iter().copied()).expect("known scopes"),
+                scopes: ScopeSet::parse_strict(scopes.iter().copied(), &keygate_auth::Scope::ALL)
+                    .expect("known scopes"),
                 projects: projects.map(|p| p.iter().map(|s| s.to_string()).collect()),
                 lifetime_secs,
                 certificate_thumbprint: None,

@@ -250,6 +250,10 @@ async fn newcomer_walkthrough_and_log_scan() {
         logs.contains("agent session open"),
         "control: the server logged the session"
     );
+    assert!(
+        logs.contains("agent session closed by the agent"),
+        "a stopped agent ends its session cleanly"
+    );
     for (what, needle) in [
         ("secret value", secret_value.as_str()),
         ("client secret", client_secret.as_str()),

@@ -318,6 +318,21 @@ async fn invalid_secret_input_rejected() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("`value` must be a JSON string, got a number"),
+        "{body}"
+    );
+
+    let (status, _, body) = api
+        .request(
+            Method::PUT,
+            &path("etl", "secrets/x"),
+            Some(admin),
+            Some(json!({"secret": "v"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["type"], "urn:keygate:problem:invalid-json");
 
     let huge = "x".repeat(70 * 1024);

@@ -25,6 +25,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for running tasks to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the gateway to end the session after the agent ended its side.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -181,6 +183,13 @@ pub async fn run_session(
                 "running tasks did not finish before shutdown"
             );
         }
+        // Ending the request stream lets the gateway close the session as a
+        // normal close instead of seeing the connection drop.
+        drop(frames_tx);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Ok(Some(_)) = next_frame(&mut body, &mut decoder).await {}
+        })
+        .await;
     }
     end
 }
@@ -324,13 +333,19 @@ async fn execute(
             Bytes::from(format!("this agent has no handler for task kind {kind:?}")),
         ),
         Some(handler) => {
-            let limit = Duration::from_millis(timeout_ms as u64);
+            // The gateway's timer decides when a task has timed out. The agent
+            // stops the task a little later, so the two never race.
+            let limit =
+                Duration::from_millis(timeout_ms as u64 + (timeout_ms as u64 / 10).max(1000));
             match tokio::time::timeout(limit, handler.run(payload)).await {
                 Ok(Ok(bytes)) => (TaskOutcome::Succeeded, bytes),
                 Ok(Err(message)) => (TaskOutcome::Failed, Bytes::from(message)),
                 Err(_) => (
                     TaskOutcome::Failed,
-                    Bytes::from(format!("the task did not finish within {timeout_ms} ms")),
+                    Bytes::from(format!(
+                        "the agent stopped the task after {} ms",
+                        limit.as_millis()
+                    )),
                 ),
             }
         }

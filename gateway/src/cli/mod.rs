@@ -61,13 +61,13 @@ enum Command {
 
 #[derive(Args)]
 struct ListenArgs {
-    /// Address of the agent listener (mTLS, HTTP/2).
+    /// Address of the agent listener (mTLS, HTTP/2) [default: 127.0.0.1:7443, or listen.agent].
     #[arg(long, env = "KEYGATE_AGENT_ADDR")]
     agent_addr: Option<SocketAddr>,
-    /// Address of the API listener (HTTPS).
+    /// Address of the API listener (HTTPS) [default: 127.0.0.1:8443, or listen.api].
     #[arg(long, env = "KEYGATE_API_ADDR")]
     api_addr: Option<SocketAddr>,
-    /// Address of the ops listener (plain HTTP: /metrics, /healthz, /readyz).
+    /// Address of the ops listener (plain HTTP: /metrics, /healthz, /readyz) [default: 127.0.0.1:9464, or listen.ops].
     #[arg(long, env = "KEYGATE_OPS_ADDR")]
     ops_addr: Option<SocketAddr>,
 }

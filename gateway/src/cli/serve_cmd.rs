@@ -93,7 +93,6 @@ async fn run(config: Config, on_start: impl FnOnce(&Server, &Config)) -> i32 {
         Ok(server) => server,
         Err(e) => {
             tracing::error!(error = %e, "keygate failed to start");
-            eprintln!("error: {e}");
             return EXIT_FAILURE;
         }
     };

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use keygate_auth::{ScopeSet, SigningKey, TokenIssuer, TokenRequest};
+use keygate_auth::{Scope, ScopeSet, SigningKey, TokenIssuer, TokenRequest};
 
 use super::{ConfigSource, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::pki::DevCa;
@@ -37,17 +37,14 @@ pub fn token_issue(args: TokenIssueArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let scopes = match ScopeSet::parse_strict(args.scopes.iter().map(String::as_str)) {
-        Ok(scopes) => scopes,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    if scopes.contains(keygate_auth::Scope::AgentSession) {
-        eprintln!("error: agent:session tokens come from the agent token endpoint, bound to a client certificate");
-        return EXIT_USAGE;
-    }
+    let scopes =
+        match ScopeSet::parse_strict(args.scopes.iter().map(String::as_str), &Scope::PLATFORM) {
+            Ok(scopes) => scopes,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_USAGE;
+            }
+        };
     let max = config.auth.max_token_lifetime_secs;
     if args.lifetime_secs == 0 || args.lifetime_secs > max {
         eprintln!(
@@ -69,7 +66,9 @@ pub fn token_issue(args: TokenIssueArgs) -> i32 {
     let key = match SigningKey::load(&config.signing_key_path()) {
         Ok(key) => key,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!(
+                "error: {e}\nPass the server's --config, or the --data-dir of a `keygate dev` or `keygate init` data folder."
+            );
             return EXIT_FAILURE;
         }
     };

@@ -250,7 +250,7 @@ async fn run_session(
             info!(failed_tasks = failed, reason = ?reason, "agent session closed by the gateway")
         }
         End::BodyError(e) => {
-            warn!(failed_tasks = failed, error = %e, "agent session stream failed")
+            info!(failed_tasks = failed, error = %e, "agent connection lost")
         }
         End::Protocol(e) => {
             warn!(failed_tasks = failed, error = %e, "agent session closed after a protocol error")

@@ -17,7 +17,8 @@ use crate::state::SharedState;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PutSecret {
-    value: String,
+    /// A JSON string; structured values are stored as their JSON text inside the string.
+    value: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -54,7 +55,16 @@ pub async fn put_secret(
 ) -> Result<Response, ApiError> {
     let (principal, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin)?;
     let body: PutSecret = read_json(req.into_body(), state.config.http.max_body_bytes).await?;
-    let value = SecretValue::from_string(body.value);
+    let serde_json::Value::String(text) = body.value else {
+        return Err(ApiError::bad_request(
+            "invalid-input",
+            format!(
+                "`value` must be a JSON string, got {}; to store JSON, send it as text, e.g. \"{{\\\"user\\\": \\\"etl\\\"}}\"",
+                json_type(&body.value)
+            ),
+        ));
+    };
+    let value = SecretValue::from_string(text);
     let vault = state.vault.clone();
     let (p, n) = (project.clone(), name.to_owned());
     let meta = blocking(move || vault.put_secret(&p, &n, &value)).await??;
@@ -218,5 +228,16 @@ fn resolution_label(error: &VaultError) -> &'static str {
         keygate_vault::ErrorKind::NotSupported => "not_supported",
         keygate_vault::ErrorKind::InvalidInput => "invalid",
         keygate_vault::ErrorKind::Internal => "error",
+    }
+}
+
+fn json_type(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }

@@ -82,5 +82,6 @@ for c in "${levels[@]}"; do
     "$bench" secrets --api "$api_addr" --ca "$data/tls/ca.pem" --token-file "$work/runner.token" \
         --concurrency "$c" --duration-secs "$duration"
 done
+"$bench" verify --duration-secs 5
 server_rss=$(awk '/VmRSS/ {print $2 " " $3}' "/proc/${pids[0]}/status")
 echo "server RSS after the runs: $server_rss"

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cache;
 mod cert;
 mod claims;
 mod client_secret;
@@ -19,6 +20,7 @@ mod pem;
 mod scope;
 mod verifier;
 
+pub use cache::CachedVerifier;
 pub use cert::{certificate_thumbprint, ClientIdentity};
 pub use claims::{Claims, Confirmation, Principal};
 pub use client_secret::{ClientSecret, ClientSecretHash};

@@ -42,6 +42,10 @@ impl TokenVerifier {
         self.keys.values()
     }
 
+    pub fn leeway_secs(&self) -> u64 {
+        self.settings.leeway_secs
+    }
+
     /// Verifies `token` and, when it is certificate-bound, that `presented_thumbprint`
     /// is the thumbprint of the certificate it is bound to.
     pub fn verify(

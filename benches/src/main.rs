@@ -4,11 +4,13 @@
 //! definition, each from N concurrent workers over persistent HTTP/2
 //! connections, for a bounded time; both print throughput and latency
 //! percentiles. `benches/run.sh` starts a server and an agent and runs them.
+//! `verify` measures token verification alone, in this process.
 
 #![forbid(unsafe_code)]
 
 mod client;
 mod load;
+mod verify;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,6 +32,18 @@ enum Command {
     Relay(RelayArgs),
     /// Resolve one secret definition as a runner.
     Secrets(SecretArgs),
+    /// Measure token verifications per second on one thread, in this process.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Length of each of the two measurements, in seconds (at most 300).
+    #[arg(long, default_value_t = 5)]
+    duration_secs: u64,
+    /// Distinct tokens verified in turn.
+    #[arg(long, default_value_t = 1000)]
+    tokens: usize,
 }
 
 #[derive(Args)]
@@ -99,6 +113,16 @@ async fn main() {
                 Bytes::from(body.to_string()),
             )
             .await
+        }
+        Command::Verify(args) => {
+            if args.duration_secs == 0 || args.duration_secs > 300 || args.tokens == 0 {
+                Err(format!(
+                    "--duration-secs {} must be between 1 and 300 and --tokens {} at least 1",
+                    args.duration_secs, args.tokens
+                ))
+            } else {
+                verify::run(Duration::from_secs(args.duration_secs), args.tokens)
+            }
         }
         Command::Secrets(args) => {
             let path = format!(

@@ -86,6 +86,8 @@ pub struct AuthConfig {
     pub max_token_lifetime_secs: u64,
     /// Lifetime of the tokens the agent token endpoint issues.
     pub agent_token_lifetime_secs: u64,
+    /// Verified tokens remembered so a repeated token skips the signature check; 0 turns the cache off.
+    pub verified_token_cache_size: usize,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -158,6 +160,7 @@ impl Default for AuthConfig {
             leeway_secs: 60,
             max_token_lifetime_secs: 24 * 3600,
             agent_token_lifetime_secs: 900,
+            verified_token_cache_size: 100_000,
         }
     }
 }
@@ -221,6 +224,12 @@ impl Config {
         check_identifier("auth.issuer", &self.auth.issuer)?;
         check_identifier("auth.audience", &self.auth.audience)?;
         check_range("auth.leeway_secs", self.auth.leeway_secs, 0, 600)?;
+        check_range(
+            "auth.verified_token_cache_size",
+            self.auth.verified_token_cache_size as u64,
+            0,
+            10_000_000,
+        )?;
         check_range(
             "auth.max_token_lifetime_secs",
             self.auth.max_token_lifetime_secs,

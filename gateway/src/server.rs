@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use keygate_auth::{JwkSet, SigningKey, TokenIssuer, TokenVerifier, VerifierSettings};
+use keygate_auth::{
+    CachedVerifier, JwkSet, SigningKey, TokenIssuer, TokenVerifier, VerifierSettings,
+};
 use keygate_protocol::GoAwayReason;
 use keygate_vault::{MasterKey, RocksStore, Vault};
 use tokio::net::TcpListener;
@@ -129,6 +131,7 @@ impl Server {
         let jwks = JwkSet {
             keys: verifier.keys().map(|k| k.to_jwk()).collect(),
         };
+        let verifier = CachedVerifier::new(verifier, auth.verified_token_cache_size);
         let state: SharedState = Arc::new(AppState {
             issuer: TokenIssuer::new(signing_key, auth.issuer.clone(), auth.audience.clone()),
             verifier,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use keygate_auth::{TokenIssuer, TokenVerifier};
+use keygate_auth::{CachedVerifier, TokenIssuer};
 use keygate_vault::Vault;
 
 use crate::config::Config;
@@ -15,7 +15,7 @@ use crate::session::SessionRegistry;
 pub struct AppState {
     pub config: Config,
     pub issuer: TokenIssuer,
-    pub verifier: TokenVerifier,
+    pub verifier: CachedVerifier,
     pub vault: Arc<Vault>,
     pub agents: AgentDirectory,
     pub sessions: SessionRegistry,

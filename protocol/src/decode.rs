@@ -105,6 +105,12 @@ pub(crate) fn decode_contents(contents: &[u8]) -> Result<Frame, FrameError> {
             reconnect_after_ms: reader.read_u32("go_away.reconnect_after_ms")?,
             message: reader.read_str("go_away.message")?,
         },
+        frame::TOKEN_REFRESH => Frame::TokenRefresh {
+            access_token: reader.read_str("token_refresh.access_token")?,
+        },
+        frame::TOKEN_ACCEPTED => Frame::TokenAccepted {
+            expires_in_ms: reader.read_u64("token_accepted.expires_in_ms")?,
+        },
         _ => return Err(FrameError::UnknownFrameType { frame_type }),
     };
 

@@ -155,6 +155,11 @@ impl Frame {
                     value: message,
                 },
             ],
+            Frame::TokenRefresh { access_token } => vec![Field::Str {
+                name: "token_refresh.access_token",
+                value: access_token,
+            }],
+            Frame::TokenAccepted { expires_in_ms } => vec![Field::U64(*expires_in_ms)],
         }
     }
 }

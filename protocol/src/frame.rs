@@ -11,6 +11,8 @@ pub(crate) const TASK_RESULT: u8 = 4;
 pub(crate) const PING: u8 = 5;
 pub(crate) const PONG: u8 = 6;
 pub(crate) const GO_AWAY: u8 = 7;
+pub(crate) const TOKEN_REFRESH: u8 = 8;
+pub(crate) const TOKEN_ACCEPTED: u8 = 9;
 
 /// One message of an agent session, in either direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +65,15 @@ pub enum Frame {
         /// Human-readable detail, for logs.
         message: String,
     },
+    /// Agent to gateway, protocol version 2 and later: a newly issued access
+    /// token that replaces the session's current one before it expires (type 8).
+    TokenRefresh { access_token: String },
+    /// Gateway to agent, protocol version 2 and later: the refreshed token is
+    /// accepted and the session now lasts until it expires (type 9).
+    TokenAccepted {
+        /// Milliseconds until the new token expires.
+        expires_in_ms: u64,
+    },
 }
 
 impl Frame {
@@ -76,6 +87,8 @@ impl Frame {
             Frame::Ping { .. } => PING,
             Frame::Pong { .. } => PONG,
             Frame::GoAway { .. } => GO_AWAY,
+            Frame::TokenRefresh { .. } => TOKEN_REFRESH,
+            Frame::TokenAccepted { .. } => TOKEN_ACCEPTED,
         }
     }
 
@@ -89,6 +102,8 @@ impl Frame {
             Frame::Ping { .. } => "ping",
             Frame::Pong { .. } => "pong",
             Frame::GoAway { .. } => "go_away",
+            Frame::TokenRefresh { .. } => "token_refresh",
+            Frame::TokenAccepted { .. } => "token_accepted",
         }
     }
 }
@@ -127,6 +142,9 @@ pub enum GoAwayReason {
     HeartbeatTimeout = 3,
     /// The agent's credentials are not, or are no longer, accepted.
     Unauthorized = 4,
+    /// The session's token expired before the agent refreshed it; sent on
+    /// protocol version 2 and later only.
+    TokenExpired = 5,
 }
 
 impl TryFrom<u8> for GoAwayReason {
@@ -139,6 +157,7 @@ impl TryFrom<u8> for GoAwayReason {
             2 => Ok(GoAwayReason::ProtocolError),
             3 => Ok(GoAwayReason::HeartbeatTimeout),
             4 => Ok(GoAwayReason::Unauthorized),
+            5 => Ok(GoAwayReason::TokenExpired),
             _ => Err(FrameError::InvalidGoAwayReason { value }),
         }
     }

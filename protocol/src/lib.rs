@@ -27,6 +27,8 @@
 //! | 5    | `Ping`       | either          | `nonce: u64` |
 //! | 6    | `Pong`       | either          | `nonce: u64` |
 //! | 7    | `GoAway`     | gateway → agent | `reason: u8` (see [`GoAwayReason`]), `reconnect_after_ms: u32`, `message: str` |
+//! | 8    | `TokenRefresh` | agent → gateway, version 2 | `access_token: str` |
+//! | 9    | `TokenAccepted` | gateway → agent, version 2 | `expires_in_ms: u64` |
 //!
 //! Decoding is strict. The decoder rejects a length prefix of 0, or one above
 //! the receiver's maximum frame size ([`DEFAULT_MAX_FRAME_BYTES`] unless
@@ -67,7 +69,14 @@ pub use error::FrameError;
 pub use frame::{Frame, GoAwayReason, TaskOutcome};
 
 /// Protocol version implemented by this crate, sent in `Hello` and `Welcome`.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 adds `TokenRefresh`, `TokenAccepted` and the `TokenExpired`
+/// reason of `GoAway`.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Oldest protocol version a gateway still accepts in `Hello`. A version 1
+/// session gets neither version 2 frames nor the `TokenExpired` reason.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// Default maximum frame length in bytes, counting the type byte and the body
 /// but not the 4-byte length prefix.

@@ -94,7 +94,7 @@ fn zero_length_is_empty_frame() {
 
 #[test]
 fn unknown_frame_types_named() {
-    for frame_type in [0, 8, 255] {
+    for frame_type in [0, 10, 255] {
         let error = decode_error(&raw_frame(frame_type, &[]));
 
         assert_eq!(error, FrameError::UnknownFrameType { frame_type });
@@ -239,7 +239,7 @@ fn invalid_outcome_value_reported() {
 
 #[test]
 fn invalid_go_away_reason_reported() {
-    for value in [5, 255] {
+    for value in [6, 255] {
         let body = [value, 0, 0, 0, 0, 0, 0];
 
         assert_eq!(

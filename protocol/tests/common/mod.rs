@@ -44,16 +44,23 @@ pub fn sample_frames() -> Vec<Frame> {
             reconnect_after_ms: 5_000,
             message: "protocol version 9 is not supported, the gateway speaks 1 — naïve".to_owned(),
         },
+        Frame::TokenRefresh {
+            access_token: "eyJhbGciOiJFZERTQSJ9.e30.c2ln".to_owned(),
+        },
+        Frame::TokenAccepted {
+            expires_in_ms: 900_000,
+        },
     ]
 }
 
 /// Every `GoAway` reason, for tests that cover each enum value.
-pub const ALL_GO_AWAY_REASONS: [GoAwayReason; 5] = [
+pub const ALL_GO_AWAY_REASONS: [GoAwayReason; 6] = [
     GoAwayReason::ShuttingDown,
     GoAwayReason::Replaced,
     GoAwayReason::ProtocolError,
     GoAwayReason::HeartbeatTimeout,
     GoAwayReason::Unauthorized,
+    GoAwayReason::TokenExpired,
 ];
 
 /// Encodes `frame` into a fresh vector.

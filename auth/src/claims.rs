@@ -42,6 +42,9 @@ pub struct Principal {
     pub scopes: ScopeSet,
     pub projects: Option<Vec<String>>,
     pub token_id: String,
+    /// `iat`, seconds since the Unix epoch.
+    pub issued_at: u64,
+    /// `exp`, seconds since the Unix epoch.
     pub expires_at: u64,
     pub certificate_thumbprint: Option<String>,
 }
@@ -54,6 +57,7 @@ impl Principal {
             account: claims.acct,
             projects: claims.projects,
             token_id: claims.jti,
+            issued_at: claims.iat,
             expires_at: claims.exp,
             certificate_thumbprint: claims.cnf.map(|c| c.x5t_s256),
         }

@@ -44,6 +44,8 @@ pub enum AuthError {
     CertificateBindingRequired,
     #[error("invalid client credentials for client {client_id:?}")]
     InvalidClient { client_id: String },
+    #[error("the token was revoked: its agent was disabled or its credentials were rotated after it was issued; log in again")]
+    Revoked,
 }
 
 impl AuthError {
@@ -66,6 +68,7 @@ impl AuthError {
             AuthError::CertificateMismatch { .. } => "certificate_mismatch",
             AuthError::CertificateBindingRequired => "certificate_binding_required",
             AuthError::InvalidClient { .. } => "invalid_client",
+            AuthError::Revoked => "revoked",
         }
     }
 }

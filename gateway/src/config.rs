@@ -62,13 +62,29 @@ fn socket_addr<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Sock
 }
 
 /// Certificate files; a path left unset is taken from `data_dir/tls/`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     pub server_cert: Option<PathBuf>,
     pub server_key: Option<PathBuf>,
     /// CA bundle that agent client certificates must chain to.
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER); agent certificates they list are rejected.
+    pub client_crl: Option<PathBuf>,
+    /// How often the TLS files are checked for changes, which reload them.
+    pub reload_check_interval_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            server_cert: None,
+            server_key: None,
+            client_ca: None,
+            client_crl: None,
+            reload_check_interval_ms: 5000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -88,6 +104,10 @@ pub struct AuthConfig {
     pub agent_token_lifetime_secs: u64,
     /// Verified tokens remembered so a repeated token skips the signature check; 0 turns the cache off.
     pub verified_token_cache_size: usize,
+    /// How long an agent's previous client secret keeps working after a rotation.
+    pub client_secret_rotation_overlap_secs: u64,
+    /// Logins allowed per client id per minute at the token endpoint (also the burst); 0 turns the limit off.
+    pub token_requests_per_minute: u32,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -161,6 +181,8 @@ impl Default for AuthConfig {
             max_token_lifetime_secs: 24 * 3600,
             agent_token_lifetime_secs: 900,
             verified_token_cache_size: 100_000,
+            client_secret_rotation_overlap_secs: 86_400,
+            token_requests_per_minute: 60,
         }
     }
 }
@@ -225,6 +247,18 @@ impl Config {
         check_identifier("auth.audience", &self.auth.audience)?;
         check_range("auth.leeway_secs", self.auth.leeway_secs, 0, 600)?;
         check_range(
+            "auth.client_secret_rotation_overlap_secs",
+            self.auth.client_secret_rotation_overlap_secs,
+            0,
+            30 * 86_400,
+        )?;
+        check_range(
+            "auth.token_requests_per_minute",
+            self.auth.token_requests_per_minute as u64,
+            0,
+            1_000_000,
+        )?;
+        check_range(
             "auth.verified_token_cache_size",
             self.auth.verified_token_cache_size as u64,
             0,
@@ -239,7 +273,7 @@ impl Config {
         check_range(
             "auth.agent_token_lifetime_secs",
             self.auth.agent_token_lifetime_secs,
-            60,
+            5,
             self.auth.max_token_lifetime_secs,
         )?;
         let g = &self.gateway;
@@ -287,6 +321,12 @@ impl Config {
             10_000_000,
         )?;
         check_range("gateway.shutdown_grace_ms", g.shutdown_grace_ms, 0, 600_000)?;
+        check_range(
+            "tls.reload_check_interval_ms",
+            self.tls.reload_check_interval_ms,
+            100,
+            600_000,
+        )?;
         check_range(
             "http.max_body_bytes",
             self.http.max_body_bytes as u64,
@@ -466,6 +506,16 @@ mod tests {
                 "999999",
             ),
             ("[http]\nmax_body_bytes = 1\n", "http.max_body_bytes", "1"),
+            (
+                "[tls]\nreload_check_interval_ms = 99\n",
+                "tls.reload_check_interval_ms",
+                "99",
+            ),
+            (
+                "[tls]\nreload_check_interval_ms = 600001\n",
+                "tls.reload_check_interval_ms",
+                "600001",
+            ),
             ("data_dir = \"\"\n", "data_dir", "\"\""),
             (
                 "[listen]\napi = \"127.0.0.1:7443\"\n",

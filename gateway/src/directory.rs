@@ -4,7 +4,7 @@
 //! record; `acct\0{account}\0{agent_id}` is an empty index entry for listing
 //! an account's agents. Account and agent ids never contain a NUL byte.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use keygate_auth::{AuthError, ClientSecret, ClientSecretHash};
 use keygate_vault::{KvStore, Space, StoreError, WriteBatch};
@@ -22,12 +22,37 @@ pub struct AgentRecord {
     pub created_at_ms: u64,
     #[serde(default)]
     pub disabled: bool,
+    /// The secret replaced by the last rotation, accepted until its end of overlap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<PreviousSecret>,
+    /// Tokens issued (`iat`) before this time, in Unix seconds, are revoked.
+    #[serde(default)]
+    pub tokens_valid_from: u64,
+    /// Projects this agent serves; tasks for other projects are rejected. None means any project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projects: Option<Vec<String>>,
+}
+
+/// A rotated-out client secret that still works during the rotation overlap.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    pub hash: ClientSecretHash,
+    pub valid_until_ms: u64,
+}
+
+impl AgentRecord {
+    /// Returns whether a token issued at `issued_at` (Unix seconds) is still valid for this agent.
+    pub fn accepts_token_issued_at(&self, issued_at: u64) -> bool {
+        !self.disabled && issued_at >= self.tokens_valid_from
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("agent {agent_id} does not exist")]
+    NotFound { agent_id: String },
     #[error("the stored record of agent {agent_id} is not valid JSON: {reason}")]
     Corrupt { agent_id: String, reason: String },
 }
@@ -35,11 +60,16 @@ pub enum DirectoryError {
 #[derive(Clone)]
 pub struct AgentDirectory {
     store: Arc<dyn KvStore>,
+    /// Serializes read-modify-write updates of agent records.
+    updates: Arc<Mutex<()>>,
 }
 
 impl AgentDirectory {
     pub fn new(store: Arc<dyn KvStore>) -> AgentDirectory {
-        AgentDirectory { store }
+        AgentDirectory {
+            store,
+            updates: Arc::new(Mutex::new(())),
+        }
     }
 
     /// Creates an agent with a new client secret, returned here and nowhere else.
@@ -47,6 +77,7 @@ impl AgentDirectory {
         &self,
         account: &str,
         name: Option<String>,
+        projects: Option<Vec<String>>,
     ) -> Result<(AgentRecord, ClientSecret), DirectoryError> {
         let secret = ClientSecret::generate();
         let record = AgentRecord {
@@ -56,6 +87,9 @@ impl AgentDirectory {
             secret_hash: secret.hash(),
             created_at_ms: crate::now_ms(),
             disabled: false,
+            previous_secret: None,
+            tokens_valid_from: 0,
+            projects,
         };
         let mut batch = WriteBatch::default();
         batch.put(
@@ -120,11 +154,77 @@ impl AgentDirectory {
                 return Err(invalid());
             }
         };
-        if record.disabled || !record.secret_hash.matches(client_secret) {
+        let current = record.secret_hash.matches(client_secret);
+        let previous = record
+            .previous_secret
+            .as_ref()
+            .is_some_and(|p| crate::now_ms() < p.valid_until_ms && p.hash.matches(client_secret));
+        if record.disabled || !(current || previous) {
             return Err(invalid());
         }
         Ok(record)
     }
+
+    /// Disables or enables an agent. Disabling revokes every token issued so far.
+    pub fn set_disabled(
+        &self,
+        agent_id: &str,
+        disabled: bool,
+    ) -> Result<AgentRecord, DirectoryError> {
+        self.update(agent_id, |record| {
+            record.disabled = disabled;
+            if disabled {
+                record.tokens_valid_from = next_second();
+            }
+        })
+    }
+
+    /// Replaces the client secret, keeps the old one valid for `overlap_ms`, and
+    /// revokes every token issued so far; returns the new secret.
+    pub fn rotate_secret(
+        &self,
+        agent_id: &str,
+        overlap_ms: u64,
+    ) -> Result<(AgentRecord, ClientSecret), DirectoryError> {
+        let secret = ClientSecret::generate();
+        let record = self.update(agent_id, |record| {
+            record.previous_secret = (overlap_ms > 0).then(|| PreviousSecret {
+                hash: record.secret_hash.clone(),
+                valid_until_ms: crate::now_ms() + overlap_ms,
+            });
+            record.secret_hash = secret.hash();
+            record.tokens_valid_from = next_second();
+        })?;
+        Ok((record, secret))
+    }
+
+    fn update(
+        &self,
+        agent_id: &str,
+        change: impl FnOnce(&mut AgentRecord),
+    ) -> Result<AgentRecord, DirectoryError> {
+        let _guard = self.updates.lock().expect("agent update lock");
+        let mut record = self
+            .get(agent_id)?
+            .ok_or_else(|| DirectoryError::NotFound {
+                agent_id: agent_id.to_owned(),
+            })?;
+        change(&mut record);
+        let mut batch = WriteBatch::default();
+        batch.put(
+            Space::Agents,
+            record_key(agent_id),
+            serde_json::to_vec(&record).expect("record serializes"),
+        );
+        self.store.write(batch)?;
+        Ok(record)
+    }
+}
+
+/// The start of the next whole second: tokens carry `iat` in whole seconds, so
+/// a token issued in the current second, before the change, stays revoked.
+fn next_second() -> u64 {
+    crate::now_ms() / 1000 + 1
 }
 
 fn record_key(agent_id: &str) -> Vec<u8> {
@@ -162,9 +262,9 @@ mod tests {
     #[test]
     fn create_list_authenticate() {
         let dir = AgentDirectory::new(Arc::new(MemStore::new()));
-        let (a1, s1) = dir.create("acme", Some("east".into())).unwrap();
-        let (a2, _) = dir.create("acme", None).unwrap();
-        let (_b1, _) = dir.create("other", None).unwrap();
+        let (a1, s1) = dir.create("acme", Some("east".into()), None).unwrap();
+        let (a2, _) = dir.create("acme", None, None).unwrap();
+        let (_b1, _) = dir.create("other", None, None).unwrap();
 
         let listed: Vec<String> = dir
             .list("acme", None, 10)

@@ -15,6 +15,7 @@ mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod pki;
+pub mod ratelimit;
 pub mod relay;
 pub mod server;
 pub mod session;

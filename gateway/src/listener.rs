@@ -8,20 +8,23 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use keygate_auth::ClientIdentity;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::http::{handle, ConnInfo, ListenerKind};
 use crate::state::SharedState;
+use crate::tls::reload::ReloadableServerConfig;
 
 /// Accepts connections until `shutdown` turns true, then waits up to `grace`
-/// for open connections to finish.
+/// for open connections to finish. Each TLS handshake uses the configuration
+/// that `tls` holds when the connection is accepted.
 pub async fn serve(
     listener: TcpListener,
     kind: ListenerKind,
-    tls: Option<TlsAcceptor>,
+    tls: Option<ReloadableServerConfig>,
     state: SharedState,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
@@ -42,10 +45,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let tls = tls.clone();
+        let acceptor = tls.as_ref().map(|tls| TlsAcceptor::from(tls.current()));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            match tls {
+            match acceptor {
                 None => {
                     let conn = ConnInfo {
                         listener: kind,
@@ -57,13 +60,14 @@ pub async fn serve(
                 Some(acceptor) => {
                     let tls_stream = match tokio::time::timeout(
                         handshake_timeout,
-                        acceptor.accept(stream),
+                        acceptor.accept(stream).into_fallible(),
                     )
                     .await
                     {
                         Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
+                        Ok(Err((e, tcp))) => {
                             debug!(listener = kind.as_str(), client.addr = %peer, error = %e, "TLS handshake failed");
+                            close_after_failed_handshake(tcp).await;
                             return;
                         }
                         Err(_) => {
@@ -98,6 +102,31 @@ pub async fn serve(
             "connections still open after the grace period; closing them"
         );
     }
+}
+
+/// Maximum time spent reading from a client after its handshake failed.
+const REJECTED_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Maximum bytes read from a client after its handshake failed.
+const REJECTED_DRAIN_MAX_BYTES: usize = 64 * 1024;
+
+/// Closes a connection whose handshake failed so that the client can read
+/// the alert rustls sent. Closing a socket that still has unread input makes
+/// the kernel send a reset, and a client that is still writing then gets a
+/// write error instead of the alert. So the server ends its side first and
+/// reads what the client still sends, for a bounded time.
+async fn close_after_failed_handshake(mut tcp: TcpStream) {
+    let _ = tcp.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let drain = async {
+        let mut total = 0;
+        while total < REJECTED_DRAIN_MAX_BYTES {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REJECTED_DRAIN_TIMEOUT, drain).await;
 }
 
 async fn serve_connection<I>(io: TokioIo<I>, conn: ConnInfo, state: SharedState, watcher: Watcher)

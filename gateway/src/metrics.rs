@@ -91,6 +91,13 @@ impl Metrics {
         }
     }
 
+    /// Adds a metric that another module owns, such as the TLS reload metrics.
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry
+            .register(collector)
+            .expect("metric names are unique");
+    }
+
     /// Renders every metric in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

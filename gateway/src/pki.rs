@@ -8,16 +8,20 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
 const CA_COMMON_NAME: &str = "keygate development CA";
 const CA_VALIDITY_DAYS: i64 = 3650;
 const LEAF_VALIDITY_DAYS: i64 = 365;
+/// Time from a CRL's thisUpdate to its nextUpdate.
+const CRL_VALIDITY_DAYS: i64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -49,6 +53,47 @@ pub struct IssuedCert {
     pub key_pem: zeroize::Zeroizing<String>,
 }
 
+/// A certificate revocation list, in both encodings.
+pub struct IssuedCrl {
+    pub pem: String,
+    pub der: Vec<u8>,
+}
+
+/// The extended key usage of an issued leaf certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyPurpose {
+    ClientAuth,
+    ServerAuth,
+}
+
+/// Parameters of a client certificate from [`DevCa::issue_client_cert_with`].
+/// Tests use them to make certificates that the agent listener must reject.
+#[derive(Clone, Debug)]
+pub struct ClientCertParams {
+    /// For agent certificates, the agent id.
+    pub common_name: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub purpose: KeyPurpose,
+    /// Serial number; `None` derives one from the public key.
+    pub serial: Option<u64>,
+}
+
+impl ClientCertParams {
+    /// Returns the parameters of [`DevCa::issue_client_cert`]: valid from five
+    /// minutes ago for a year, for client authentication.
+    pub fn new(common_name: &str) -> ClientCertParams {
+        let now = OffsetDateTime::now_utc();
+        ClientCertParams {
+            common_name: common_name.to_owned(),
+            not_before: (now - Duration::minutes(5)).into(),
+            not_after: (now + Duration::days(LEAF_VALIDITY_DAYS)).into(),
+            purpose: KeyPurpose::ClientAuth,
+            serial: None,
+        }
+    }
+}
+
 impl DevCa {
     /// Loads `ca.pem` and `ca-key.pem` from `dir`, creating both if neither exists.
     pub fn load_or_create(dir: &Path) -> Result<(DevCa, bool), PkiError> {
@@ -58,7 +103,7 @@ impl DevCa {
             return Ok((DevCa::load(&cert_path, &key_path)?, false));
         }
         let key = KeyPair::generate()?;
-        let params = ca_params();
+        let params = ca_params(CA_COMMON_NAME);
         let cert = params.self_signed(&key)?;
         write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
         write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
@@ -71,6 +116,17 @@ impl DevCa {
         ))
     }
 
+    /// Creates a CA named `name` in memory only, for tests that need a CA the server does not trust.
+    pub fn generate(name: &str) -> Result<DevCa, PkiError> {
+        let key = KeyPair::generate()?;
+        let params = ca_params(name);
+        let cert = params.self_signed(&key)?;
+        Ok(DevCa {
+            issuer: Issuer::new(params, key),
+            cert_pem: cert.pem(),
+        })
+    }
+
     fn load(cert_path: &Path, key_path: &Path) -> Result<DevCa, PkiError> {
         let cert_pem = read_file(cert_path)?;
         let key_pem = zeroize::Zeroizing::new(read_file(key_path)?);
@@ -81,7 +137,7 @@ impl DevCa {
         // The issuer name and key identifier are derived from the same
         // parameters and key that created the CA, so they match its certificate.
         Ok(DevCa {
-            issuer: Issuer::new(ca_params(), key),
+            issuer: Issuer::new(ca_params(CA_COMMON_NAME), key),
             cert_pem,
         })
     }
@@ -102,17 +158,62 @@ impl DevCa {
 
     /// Issues an agent client certificate whose common name is the agent id.
     pub fn issue_client_cert(&self, agent_id: &str) -> Result<IssuedCert, PkiError> {
+        self.issue_client_cert_with(&ClientCertParams::new(agent_id))
+    }
+
+    /// Issues a client certificate with the given validity, key purpose and serial number.
+    pub fn issue_client_cert_with(
+        &self,
+        client: &ClientCertParams,
+    ) -> Result<IssuedCert, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = common_name(agent_id);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.distinguished_name = common_name(&client.common_name);
+        params.extended_key_usages = vec![match client.purpose {
+            KeyPurpose::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+            KeyPurpose::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+        }];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        self.sign(params)
+        params.serial_number = client.serial.map(SerialNumber::from);
+        params.not_before = client.not_before.into();
+        params.not_after = client.not_after.into();
+        self.sign_with_validity(params)
+    }
+
+    /// Issues a CRL that lists the certificates with the given serial numbers
+    /// as revoked. Its CRL number is the current Unix time, so a later CRL has a larger one.
+    pub fn issue_crl(&self, revoked_serials: &[u64]) -> Result<IssuedCrl, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(CRL_VALIDITY_DAYS),
+            crl_number: SerialNumber::from(now.unix_timestamp().max(1) as u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked_serials
+                .iter()
+                .map(|&serial| RevokedCertParams {
+                    serial_number: SerialNumber::from(serial),
+                    revocation_time: now - Duration::minutes(1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer)?;
+        Ok(IssuedCrl {
+            pem: crl.pem()?,
+            der: crl.der().to_vec(),
+        })
     }
 
     fn sign(&self, mut params: CertificateParams) -> Result<IssuedCert, PkiError> {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::minutes(5);
         params.not_after = now + Duration::days(LEAF_VALIDITY_DAYS);
+        self.sign_with_validity(params)
+    }
+
+    fn sign_with_validity(&self, mut params: CertificateParams) -> Result<IssuedCert, PkiError> {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -131,9 +232,9 @@ impl IssuedCert {
     }
 }
 
-fn ca_params() -> CertificateParams {
+fn ca_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
-    params.distinguished_name = common_name(CA_COMMON_NAME);
+    params.distinguished_name = common_name(name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let now = OffsetDateTime::now_utc();

@@ -15,7 +15,6 @@ use keygate_vault::{MasterKey, RocksStore, Vault};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
 use crate::config::Config;
@@ -23,9 +22,12 @@ use crate::directory::AgentDirectory;
 use crate::http::ListenerKind;
 use crate::listener;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::relay::TaskTable;
 use crate::session::SessionRegistry;
 use crate::state::{AppState, SharedState};
+use crate::tls::reload::TlsReloader;
+use crate::tls::{ServerTlsFiles, TlsError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,7 @@ pub struct Server {
     pub api_addr: SocketAddr,
     pub ops_addr: SocketAddr,
     state: SharedState,
+    tls: Arc<TlsReloader>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -91,13 +94,7 @@ impl Server {
             info!("master key recorded; later starts check the key against this record");
         }
 
-        let api_tls =
-            crate::tls::api_server_config(&config.server_cert_path(), &config.server_key_path())?;
-        let agent_tls = crate::tls::agent_server_config(
-            &config.server_cert_path(),
-            &config.server_key_path(),
-            &config.client_ca_path(),
-        )?;
+        let tls = Arc::new(TlsReloader::load(ServerTlsFiles::from_config(&config))?);
 
         let bind = |listener: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -140,9 +137,11 @@ impl Server {
             sessions: SessionRegistry::default(),
             tasks: TaskTable::new(config.gateway.max_finished_tasks),
             metrics: Metrics::new(),
+            login_limiter: RateLimiter::new(config.auth.token_requests_per_minute),
             jwks: Bytes::from(serde_json::to_vec(&jwks).expect("JWK sets serialize")),
             config,
         });
+        tls.register_metrics(&state.metrics);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let grace = Duration::from_millis(state.config.gateway.shutdown_grace_ms);
@@ -150,7 +149,7 @@ impl Server {
             tokio::spawn(listener::serve(
                 agent_listener,
                 ListenerKind::Agent,
-                Some(TlsAcceptor::from(Arc::new(agent_tls))),
+                Some(tls.agent_config()),
                 state.clone(),
                 shutdown_rx.clone(),
                 grace,
@@ -158,7 +157,7 @@ impl Server {
             tokio::spawn(listener::serve(
                 api_listener,
                 ListenerKind::Api,
-                Some(TlsAcceptor::from(Arc::new(api_tls))),
+                Some(tls.api_config()),
                 state.clone(),
                 shutdown_rx.clone(),
                 grace,
@@ -171,6 +170,10 @@ impl Server {
                 shutdown_rx.clone(),
                 grace,
             )),
+            tokio::spawn(tls.clone().watch(
+                Duration::from_millis(state.config.tls.reload_check_interval_ms),
+                shutdown_rx.clone(),
+            )),
             tokio::spawn(sweep_finished_tasks(state.clone(), shutdown_rx)),
         ];
         info!(%agent_addr, %api_addr, %ops_addr, data_dir = %state.config.data_dir.display(), "keygate started");
@@ -179,6 +182,7 @@ impl Server {
             api_addr,
             ops_addr,
             state,
+            tls,
             shutdown,
             tasks,
         })
@@ -186,6 +190,12 @@ impl Server {
 
     pub fn state(&self) -> &SharedState {
         &self.state
+    }
+
+    /// Reloads the certificates, key, client CA bundle and CRLs for new TLS
+    /// handshakes, as SIGHUP does; on failure the previous ones stay in use.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        self.tls.reload("request")
     }
 
     /// Tells agents to reconnect, stops accepting, and waits for open

@@ -9,6 +9,7 @@ use keygate_vault::Vault;
 use crate::config::Config;
 use crate::directory::AgentDirectory;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::relay::TaskTable;
 use crate::session::SessionRegistry;
 
@@ -21,6 +22,8 @@ pub struct AppState {
     pub sessions: SessionRegistry,
     pub tasks: TaskTable,
     pub metrics: Metrics,
+    /// Logins per client id at the agent token endpoint.
+    pub login_limiter: RateLimiter,
     /// The JWK set document, rendered once at start.
     pub jwks: Bytes,
 }

@@ -139,15 +139,16 @@ impl TestServer {
 
     /// Creates an agent in `account` and issues its client certificate; returns the agent's credentials.
     pub async fn create_agent(&self, account: &str) -> AgentCredentials {
+        self.create_agent_with(account, serde_json::json!({"name": "test"}))
+            .await
+    }
+
+    /// Creates an agent from a `POST /v1/agents` body and issues its client certificate.
+    pub async fn create_agent_with(&self, account: &str, request: Value) -> AgentCredentials {
         let token = self.token(account, &["agents:admin"], None);
         let (status, _, body) = self
             .api()
-            .request(
-                Method::POST,
-                "/v1/agents",
-                Some(&token),
-                Some(serde_json::json!({"name": "test"})),
-            )
+            .request(Method::POST, "/v1/agents", Some(&token), Some(request))
             .await;
         assert_eq!(status, StatusCode::CREATED, "create agent: {body}");
         let id = body["client_id"].as_str().expect("client_id").to_owned();

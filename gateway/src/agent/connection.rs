@@ -10,13 +10,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keygate_protocol::{Frame, FrameDecoder, TaskOutcome, PROTOCOL_VERSION};
-use rustls::ClientConfig;
+use rustls::{AlertDescription, ClientConfig};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
+use super::tls_rejection::{rejected_certificate_alert, FirstRead, FirstReadWatch};
 use super::{AgentOptions, TaskHandler, TaskHandlers};
 use crate::http::body::ChannelBody;
 use crate::session::encode_frame;
@@ -27,6 +28,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for the gateway to end the session after the agent ended its side.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Delay before retrying a failed token refresh.
+const REFRESH_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -58,7 +61,7 @@ pub async fn run_session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<SessionEnd, AgentError> {
     let mut sender = connect(options, tls).await?;
-    let token = login(&mut sender, options).await?;
+    let (token, expires_in) = login(&mut sender, options).await?;
 
     let (frames_tx, frames_rx) = mpsc::channel::<Bytes>(256);
     let hello = Frame::Hello {
@@ -109,10 +112,26 @@ pub async fn run_session(
     let mut silence_limit = Duration::from_secs(60);
     let mut last_heard = Instant::now();
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+    // Refreshing needs protocol version 2 on both sides; Welcome says which version the session speaks.
+    let mut refresh_at: Option<tokio::time::Instant> = None;
 
     let end = loop {
         let frame = tokio::select! {
             frame = next_frame(&mut body, &mut decoder) => frame?,
+            _ = sleep_until_some(refresh_at) => {
+                refresh_at = match login(&mut sender, options).await {
+                    Ok((token, _)) => {
+                        debug!("sending a refreshed token");
+                        let _ = frames_tx.send(encode_frame(&Frame::TokenRefresh { access_token: token })).await;
+                        None
+                    }
+                    Err(e) => {
+                        warn!(error = %e, retry_in_s = REFRESH_RETRY.as_secs(), "token refresh failed");
+                        Some(tokio::time::Instant::now() + REFRESH_RETRY)
+                    }
+                };
+                continue;
+            }
             _ = watchdog.tick() => {
                 if last_heard.elapsed() > silence_limit {
                     break Err(AgentError::Stream(format!("no frame from the gateway for {} ms", silence_limit.as_millis())));
@@ -127,11 +146,18 @@ pub async fn run_session(
             Some(Frame::Welcome {
                 session_id,
                 heartbeat_interval_ms,
-                ..
+                protocol_version,
             }) => {
                 silence_limit = Duration::from_millis(heartbeat_interval_ms as u64 * 3)
                     .max(Duration::from_secs(1));
-                info!(session.id = %session_id, heartbeat_interval_ms, "session established");
+                if protocol_version >= 2 {
+                    refresh_at = Some(refresh_time(expires_in));
+                }
+                info!(session.id = %session_id, heartbeat_interval_ms, protocol_version, "session established");
+            }
+            Some(Frame::TokenAccepted { expires_in_ms }) => {
+                refresh_at = Some(refresh_time(Duration::from_millis(expires_in_ms)));
+                debug!(expires_in_ms, "the gateway accepted the refreshed token");
             }
             Some(Frame::Task {
                 task_id,
@@ -199,6 +225,13 @@ async fn connect(options: &AgentOptions, tls: Arc<ClientConfig>) -> Result<Sende
         addr: options.gateway.clone(),
         reason,
     };
+    let rejected = |alert: AlertDescription| {
+        AgentError::Unauthorized(format!(
+            "the gateway at {} rejected the client certificate with TLS alert {alert:?}; \
+             check that it is from the gateway's client CA, valid now, not revoked and issued for client authentication",
+            options.gateway
+        ))
+    };
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&options.gateway))
         .await
         .map_err(|_| connect_err("timed out".into()))?
@@ -216,18 +249,12 @@ async fn connect(options: &AgentOptions, tls: Arc<ClientConfig>) -> Result<Sende
     )
     .await
     .map_err(|_| connect_err("the TLS handshake timed out".into()))?
-    .map_err(|e| {
-        // A rejected client certificate surfaces as an alert during the handshake.
-        let text = e.to_string();
-        if text.contains("Certificate") || text.contains("certificate") {
-            AgentError::Unauthorized(format!(
-                "TLS handshake with {} failed: {text}",
-                options.gateway
-            ))
-        } else {
-            connect_err(format!("TLS handshake failed: {text}"))
-        }
+    .map_err(|e| match rejected_certificate_alert(&e) {
+        Some(alert) => rejected(alert),
+        None => connect_err(format!("TLS handshake failed: {e}")),
     })?;
+
+    let (stream, first_read) = FirstReadWatch::new(stream);
     let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
         .map_err(|e| connect_err(format!("HTTP/2 handshake failed: {e}")))?;
@@ -236,11 +263,35 @@ async fn connect(options: &AgentOptions, tls: Arc<ClientConfig>) -> Result<Sende
             debug!(error = %e, "gateway connection ended");
         }
     });
-    Ok(sender)
+    // With TLS 1.3 a rejected client certificate shows only here: the
+    // gateway sends an alert where its HTTP/2 settings would come.
+    match tokio::time::timeout(CONNECT_TIMEOUT, first_read).await {
+        Ok(Ok(FirstRead::Data)) => Ok(sender),
+        Ok(Ok(FirstRead::Failed {
+            rejected: Some(alert),
+            ..
+        })) => Err(rejected(alert)),
+        Ok(Ok(FirstRead::Failed {
+            rejected: None,
+            message,
+        })) => Err(connect_err(format!(
+            "reading the gateway's HTTP/2 settings failed: {message}"
+        ))),
+        Ok(Ok(FirstRead::Closed)) | Ok(Err(_)) => Err(connect_err(
+            "the connection ended before the gateway sent its HTTP/2 settings".into(),
+        )),
+        Err(_) => Err(connect_err(format!(
+            "no HTTP/2 settings from the gateway within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
-/// Client-credentials login; returns the access token.
-async fn login(sender: &mut Sender, options: &AgentOptions) -> Result<String, AgentError> {
+/// Client-credentials login; returns the access token and its lifetime.
+async fn login(
+    sender: &mut Sender,
+    options: &AgentOptions,
+) -> Result<(String, Duration), AgentError> {
     let encode_part = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let credentials = zeroize::Zeroizing::new(format!(
         "{}:{}",
@@ -282,10 +333,27 @@ async fn login(sender: &mut Sender, options: &AgentOptions) -> Result<String, Ag
     }
     let parsed: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| AgentError::Protocol(format!("the token response is not JSON: {e}")))?;
-    parsed["access_token"]
+    let token = parsed["access_token"]
         .as_str()
         .map(str::to_owned)
-        .ok_or_else(|| AgentError::Protocol("the token response has no access_token".into()))
+        .ok_or_else(|| AgentError::Protocol("the token response has no access_token".into()))?;
+    let expires_in = parsed["expires_in"]
+        .as_u64()
+        .ok_or_else(|| AgentError::Protocol("the token response has no expires_in".into()))?;
+    Ok((token, Duration::from_secs(expires_in)))
+}
+
+/// When to refresh a token that expires in `expires_in`: after 80% of its lifetime.
+fn refresh_time(expires_in: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + expires_in.mul_f64(0.8)
+}
+
+/// Sleeps until `at`, or forever when there is no refresh to do.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_frame(

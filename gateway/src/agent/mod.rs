@@ -3,6 +3,7 @@
 
 mod connection;
 mod tasks;
+mod tls_rejection;
 
 pub use connection::AgentError;
 pub use tasks::{TaskFuture, TaskHandler, TaskHandlers};

@@ -34,6 +34,9 @@ pub enum Route {
     CreateAgent,
     ListAgents,
     GetAgent { agent: String },
+    DisableAgent { agent: String },
+    EnableAgent { agent: String },
+    RotateAgentSecret { agent: String },
     SubmitTask { agent: String },
     GetTask { task: String },
     ListSecrets { project: String },
@@ -57,6 +60,9 @@ impl Route {
             Route::AgentSession => "/v1/agent/session",
             Route::CreateAgent | Route::ListAgents => "/v1/agents",
             Route::GetAgent { .. } => "/v1/agents/{agent_id}",
+            Route::DisableAgent { .. } => "/v1/agents/{agent_id}/disable",
+            Route::EnableAgent { .. } => "/v1/agents/{agent_id}/enable",
+            Route::RotateAgentSecret { .. } => "/v1/agents/{agent_id}/rotate-secret",
             Route::SubmitTask { .. } => "/v1/agents/{agent_id}/tasks",
             Route::GetTask { .. } => "/v1/tasks/{task_id}",
             Route::ListSecrets { .. } => "/v1/projects/{project}/secrets",
@@ -129,6 +135,15 @@ fn candidates(listener: ListenerKind, segs: &[&str]) -> Vec<(Method, Route)> {
         ],
         (Api, ["v1", "agents", agent]) if !agent.is_empty() => {
             vec![(Method::GET, Route::GetAgent { agent: s(agent) })]
+        }
+        (Api, ["v1", "agents", agent, "disable"]) if !agent.is_empty() => {
+            vec![(Method::POST, Route::DisableAgent { agent: s(agent) })]
+        }
+        (Api, ["v1", "agents", agent, "enable"]) if !agent.is_empty() => {
+            vec![(Method::POST, Route::EnableAgent { agent: s(agent) })]
+        }
+        (Api, ["v1", "agents", agent, "rotate-secret"]) if !agent.is_empty() => {
+            vec![(Method::POST, Route::RotateAgentSecret { agent: s(agent) })]
         }
         (Api, ["v1", "agents", agent, "tasks"]) if !agent.is_empty() => {
             vec![(Method::POST, Route::SubmitTask { agent: s(agent) })]

@@ -9,7 +9,9 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use keygate_auth::{AuthError, Scope};
-use keygate_protocol::{Frame, FrameDecoder, FrameError, GoAwayReason, PROTOCOL_VERSION};
+use keygate_protocol::{
+    Frame, FrameDecoder, FrameError, GoAwayReason, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
@@ -56,7 +58,18 @@ pub async fn open_session(
         )));
     }
     let agent = match state.agents.get(&principal.subject) {
-        Ok(Some(agent)) if !agent.disabled && agent.account == principal.account => agent,
+        Ok(Some(agent)) if agent.account == principal.account && !agent.disabled => {
+            if !agent.accepts_token_issued_at(principal.issued_at) {
+                let error = AuthError::Revoked;
+                state
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[error.reason()])
+                    .inc();
+                return Err(ApiError::unauthorized(&error));
+            }
+            agent
+        }
         Ok(_) => {
             return Err(ApiError::forbidden(format!(
                 "agent {} is unknown or disabled",
@@ -69,17 +82,14 @@ pub async fn open_session(
     let (body_tx, body_rx) = mpsc::channel::<Bytes>(OUTBOUND_FRAMES);
     let session_id = format!("ses_{}", crate::directory::random_hex(8));
     let span = tracing::info_span!("session", agent.id = %agent.id, session.id = %session_id, client.addr = %conn.peer);
-    tokio::spawn(
-        run_session(
-            state,
-            agent.id,
-            agent.account,
-            session_id,
-            req.into_body(),
-            body_tx,
-        )
-        .instrument(span),
-    );
+    let info = SessionInfo {
+        agent_id: agent.id,
+        account: agent.account,
+        session_id,
+        certificate_thumbprint: principal.certificate_thumbprint.clone().unwrap_or_default(),
+        token_expires_at: principal.expires_at,
+    };
+    tokio::spawn(run_session(state, info, req.into_body(), body_tx).instrument(span));
 
     let mut response = http::Response::new(ChannelBody::new(body_rx).boxed());
     *response.status_mut() = StatusCode::OK;
@@ -88,6 +98,16 @@ pub async fn open_session(
         HeaderValue::from_static("application/vnd.keygate.session"),
     );
     Ok(response)
+}
+
+/// What the session loop knows about its agent and the token that opened it.
+struct SessionInfo {
+    agent_id: String,
+    account: String,
+    session_id: String,
+    certificate_thumbprint: String,
+    /// `exp` of the session's current token, in Unix seconds.
+    token_expires_at: u64,
 }
 
 /// Reason a session loop ended, for the log.
@@ -100,9 +120,7 @@ enum End {
 
 async fn run_session(
     state: SharedState,
-    agent_id: String,
-    account: String,
-    session_id: String,
+    mut info: SessionInfo,
     mut body: Incoming,
     body_tx: mpsc::Sender<Bytes>,
 ) {
@@ -110,23 +128,26 @@ async fn run_session(
     let mut decoder = FrameDecoder::new(max_frame);
 
     let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut body, &mut decoder)).await;
-    let capacity = match hello {
+    let (version, capacity) = match hello {
         Ok(Ok(Some(Frame::Hello {
             protocol_version,
             max_concurrent_tasks,
             agent_version,
             instance_id,
         }))) => {
-            if protocol_version != PROTOCOL_VERSION {
+            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
                 let message = format!(
-                    "agent speaks protocol version {protocol_version}, this gateway speaks {PROTOCOL_VERSION}"
+                    "agent speaks protocol version {protocol_version}, this gateway speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
                 );
                 warn!(agent.version = %agent_version, "{message}");
                 send_go_away(&body_tx, GoAwayReason::ProtocolError, &message).await;
                 return;
             }
             debug!(agent.version = %agent_version, agent.instance = %instance_id, capacity = max_concurrent_tasks, "hello received");
-            max_concurrent_tasks.clamp(1, MAX_CAPACITY)
+            (
+                protocol_version,
+                max_concurrent_tasks.clamp(1, MAX_CAPACITY),
+            )
         }
         Ok(Ok(Some(other))) => {
             let message = format!("the first frame must be hello, got {}", other.name());
@@ -159,8 +180,8 @@ async fn run_session(
 
     let heartbeat = Duration::from_millis(state.config.gateway.heartbeat_interval_ms);
     let welcome = Frame::Welcome {
-        protocol_version: PROTOCOL_VERSION,
-        session_id: session_id.clone(),
+        protocol_version: version,
+        session_id: info.session_id.clone(),
         heartbeat_interval_ms: heartbeat.as_millis() as u32,
     };
     if body_tx.send(encode_frame(&welcome)).await.is_err() {
@@ -169,7 +190,11 @@ async fn run_session(
 
     let (task_tx, mut task_rx) = mpsc::channel::<Bytes>(OUTBOUND_FRAMES);
     let session = Arc::new(SessionHandle::new(
-        session_id, agent_id, account, capacity, task_tx,
+        info.session_id.clone(),
+        info.agent_id.clone(),
+        info.account.clone(),
+        capacity,
+        task_tx,
     ));
     let mut close_rx = session.close.subscribe();
     if let Some(old) = state.sessions.insert(session.clone()) {
@@ -182,6 +207,8 @@ async fn run_session(
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut last_heard = Instant::now();
     let mut ping_nonce = 0u64;
+    let token_expiry = tokio::time::sleep_until(deadline(info.token_expires_at));
+    tokio::pin!(token_expiry);
 
     let end = loop {
         tokio::select! {
@@ -199,6 +226,26 @@ async fn run_session(
                         }
                     }
                     Ok(Some(Frame::Pong { .. })) => {}
+                    Ok(Some(Frame::TokenRefresh { access_token })) if version >= 2 => {
+                        match check_refresh(&state, &info, &access_token) {
+                            Ok(expires_at) => {
+                                info.token_expires_at = expires_at;
+                                token_expiry.as_mut().reset(deadline(expires_at));
+                                let expires_in_ms = expires_at.saturating_sub(keygate_auth::unix_now()) * 1000;
+                                debug!(expires_in_ms, "session token refreshed");
+                                if body_tx.send(encode_frame(&Frame::TokenAccepted { expires_in_ms })).await.is_err() {
+                                    break End::AgentClosed;
+                                }
+                            }
+                            Err(error) => {
+                                state.metrics.auth_failures.with_label_values(&[error.reason()]).inc();
+                                warn!(reason = error.reason(), "token refresh rejected");
+                                let message = format!("the refreshed token was rejected: {error}");
+                                send_go_away(&body_tx, GoAwayReason::Unauthorized, &message).await;
+                                break End::GoAway(GoAwayReason::Unauthorized);
+                            }
+                        }
+                    }
                     Ok(Some(other)) => {
                         let message = format!("unexpected {} frame from an agent", other.name());
                         warn!("{message}");
@@ -228,11 +275,19 @@ async fn run_session(
                     break End::AgentClosed;
                 }
             }
+            () = &mut token_expiry => {
+                // Version 1 agents do not know the TokenExpired reason.
+                let reason = if version >= 2 { GoAwayReason::TokenExpired } else { GoAwayReason::Unauthorized };
+                let message = "token expired: the session's access token expired before the agent refreshed it; log in again";
+                send_go_away(&body_tx, reason, message).await;
+                break End::GoAway(reason);
+            }
             _ = close_rx.changed() => {
                 let reason = close_rx.borrow().unwrap_or(GoAwayReason::ShuttingDown);
                 let message = match reason {
                     GoAwayReason::Replaced => "a newer session of this agent replaced this one",
                     GoAwayReason::ShuttingDown => "the gateway is shutting down; reconnect",
+                    GoAwayReason::Unauthorized => "the agent's credentials were revoked or rotated; log in again",
                     _ => "the gateway closed the session",
                 };
                 send_go_away(&body_tx, reason, message).await;
@@ -256,6 +311,39 @@ async fn run_session(
             warn!(failed_tasks = failed, error = %e, "agent session closed after a protocol error")
         }
     }
+}
+
+/// Checks a token sent in `TokenRefresh`: valid, bound to this connection's
+/// certificate, for this agent, and not revoked. Returns its `exp`.
+fn check_refresh(state: &SharedState, info: &SessionInfo, token: &str) -> Result<u64, AuthError> {
+    let principal = state
+        .verifier
+        .verify(token, Some(&info.certificate_thumbprint))?;
+    if principal.certificate_thumbprint.is_none() {
+        return Err(AuthError::CertificateBindingRequired);
+    }
+    let same_agent = principal.subject == info.agent_id && principal.account == info.account;
+    if !same_agent || !principal.has_scope(Scope::AgentSession) {
+        return Err(AuthError::InvalidClient {
+            client_id: principal.subject,
+        });
+    }
+    match state.agents.get(&info.agent_id) {
+        Ok(Some(agent)) if agent.accepts_token_issued_at(principal.issued_at) => {
+            Ok(principal.expires_at)
+        }
+        Ok(_) => Err(AuthError::Revoked),
+        Err(e) => {
+            warn!(error = %e, "agent lookup failed during a token refresh");
+            Err(AuthError::Revoked)
+        }
+    }
+}
+
+/// The runtime instant of a Unix time in seconds (now, if it has passed).
+fn deadline(unix_secs: u64) -> tokio::time::Instant {
+    let remaining = unix_secs.saturating_sub(keygate_auth::unix_now());
+    tokio::time::Instant::now() + Duration::from_secs(remaining)
 }
 
 enum ReadError {

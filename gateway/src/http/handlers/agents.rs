@@ -3,6 +3,7 @@
 use http::StatusCode;
 use hyper::body::Incoming;
 use keygate_auth::Scope;
+use keygate_protocol::GoAwayReason;
 use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
@@ -19,6 +20,9 @@ use crate::state::SharedState;
 struct CreateAgent {
     #[serde(default)]
     name: Option<String>,
+    /// Projects the agent serves; without it, every project of the account.
+    #[serde(default)]
+    projects: Option<Vec<String>>,
 }
 
 const MAX_NAME_CHARS: usize = 128;
@@ -41,7 +45,18 @@ pub async fn create(
     }
     let directory = state.agents.clone();
     let account = principal.account.clone();
-    let (record, secret) = blocking(move || directory.create(&account, body.name))
+    if let Some(projects) = &body.projects {
+        if projects.is_empty() {
+            return Err(ApiError::bad_request(
+                "invalid-input",
+                "projects is an empty list; leave it out to allow every project of the account",
+            ));
+        }
+        for project in projects {
+            keygate_vault::validate_project_id(project)?;
+        }
+    }
+    let (record, secret) = blocking(move || directory.create(&account, body.name, body.projects))
         .await?
         .map_err(|e| ApiError::internal(format!("storing the agent failed: {e}")))?;
     info!(agent.id = %record.id, account = %record.account, "agent created");
@@ -80,6 +95,66 @@ pub async fn get(
     Ok(json_response(StatusCode::OK, &agent_view(state, &record)))
 }
 
+/// Disables or enables an agent. Disabling closes its session at once and
+/// revokes its tokens; enabling lets it log in again.
+pub async fn set_disabled(
+    state: &SharedState,
+    conn: &ConnInfo,
+    req: http::Request<Incoming>,
+    agent_id: &str,
+    disabled: bool,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(state, conn, req.headers())?;
+    require_scope(&principal, Scope::AgentsAdmin)?;
+    find_agent(state, &principal.account, agent_id).await?;
+    let directory = state.agents.clone();
+    let id = agent_id.to_owned();
+    let record = blocking(move || directory.set_disabled(&id, disabled))
+        .await?
+        .map_err(|e| ApiError::internal(format!("updating agent {agent_id} failed: {e}")))?;
+    if disabled {
+        close_session(state, agent_id);
+    }
+    info!(agent.id = %agent_id, account = %record.account, disabled, actor = %principal.subject, "agent updated");
+    Ok(json_response(StatusCode::OK, &agent_view(state, &record)))
+}
+
+/// Issues a new client secret. The old one keeps working for the configured
+/// overlap, tokens issued so far are revoked, and the open session is closed
+/// so the agent logs in again.
+pub async fn rotate_secret(
+    state: &SharedState,
+    conn: &ConnInfo,
+    req: http::Request<Incoming>,
+    agent_id: &str,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(state, conn, req.headers())?;
+    require_scope(&principal, Scope::AgentsAdmin)?;
+    find_agent(state, &principal.account, agent_id).await?;
+    let directory = state.agents.clone();
+    let id = agent_id.to_owned();
+    let overlap_ms = state.config.auth.client_secret_rotation_overlap_secs * 1000;
+    let (record, secret) = blocking(move || directory.rotate_secret(&id, overlap_ms))
+        .await?
+        .map_err(|e| {
+            ApiError::internal(format!(
+                "rotating the secret of agent {agent_id} failed: {e}"
+            ))
+        })?;
+    close_session(state, agent_id);
+    info!(agent.id = %agent_id, account = %record.account, actor = %principal.subject, "agent client secret rotated");
+    let mut view = agent_view(state, &record);
+    view["client_id"] = json!(record.id);
+    view["client_secret"] = json!(secret.expose());
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+fn close_session(state: &SharedState, agent_id: &str) {
+    if let Some(session) = state.sessions.get(agent_id) {
+        session.close(GoAwayReason::Unauthorized);
+    }
+}
+
 /// Looks an agent up for `account`: 404 if it does not exist, 403 if it belongs to another account.
 pub async fn find_agent(
     state: &SharedState,
@@ -108,6 +183,8 @@ fn agent_view(state: &SharedState, record: &AgentRecord) -> serde_json::Value {
         "name": record.name,
         "created_at_ms": record.created_at_ms,
         "disabled": record.disabled,
+        "projects": record.projects,
+        "previous_secret_valid_until_ms": record.previous_secret.as_ref().map(|p| p.valid_until_ms),
         "connected": session.is_some(),
         "session": session.map(|s| json!({
             "id": s.session_id,

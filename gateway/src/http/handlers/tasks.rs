@@ -5,11 +5,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use hyper::body::Incoming;
-use keygate_auth::Scope;
+use keygate_auth::{Principal, Scope};
 use serde::Deserialize;
 use tracing::{debug, Instrument};
 
 use super::agents::find_agent;
+use crate::directory::AgentRecord;
 use crate::http::body::{json_response, read_json, Response};
 use crate::http::problem::ApiError;
 use crate::http::{authenticate, require_scope, ConnInfo};
@@ -32,6 +33,9 @@ struct SubmitTask {
     /// Time this call waits for the result before it returns 202; 0 returns at once.
     #[serde(default)]
     wait_ms: Option<u64>,
+    /// The project the task works for; required by agents restricted to projects.
+    #[serde(default)]
+    project: Option<String>,
 }
 
 pub async fn submit(
@@ -70,6 +74,7 @@ pub async fn submit(
     }
 
     let agent = find_agent(state, &principal.account, agent_id).await?;
+    check_project(&principal, &agent, body.project.as_deref())?;
     let Some(session) = state.sessions.get(&agent.id) else {
         state
             .metrics
@@ -203,5 +208,35 @@ fn validate_kind(kind: &str) -> Result<(), ApiError> {
             "invalid-input",
             format!("task kind {kind:?} must be 1 to 64 characters of a-z, 0-9, '_', '-' and '.'"),
         ))
+    }
+}
+
+/// Checks the task's project against the agent's allowlist and the token's project restriction.
+fn check_project(
+    principal: &Principal,
+    agent: &AgentRecord,
+    project: Option<&str>,
+) -> Result<(), ApiError> {
+    if let Some(project) = project {
+        keygate_vault::validate_project_id(project)?;
+        if !principal.may_access_project(project) {
+            return Err(ApiError::forbidden(format!(
+                "the token is restricted to other projects than {project:?}"
+            )));
+        }
+    }
+    let Some(allowed) = &agent.projects else {
+        return Ok(());
+    };
+    match project {
+        Some(project) if allowed.iter().any(|p| p == project) => Ok(()),
+        Some(project) => Err(ApiError::forbidden(format!(
+            "agent {} serves only the projects {allowed:?}, not {project:?}",
+            agent.id
+        ))),
+        None => Err(ApiError::forbidden(format!(
+            "agent {} serves only the projects {allowed:?}; name one in `project`",
+            agent.id
+        ))),
     }
 }

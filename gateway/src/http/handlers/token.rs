@@ -86,6 +86,25 @@ pub async fn issue(
         }
     };
 
+    if let Err(wait) = state.login_limiter.check(&client_id) {
+        let retry_after = wait.as_secs() + 1;
+        state
+            .metrics
+            .auth_failures
+            .with_label_values(&["rate_limited"])
+            .inc();
+        warn!(client.id = %client_id.chars().take(64).collect::<String>(), retry_after_s = retry_after, "agent login rate limited");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            format!(
+                "too many logins for client {client_id:?}; at most {} per minute; retry in {retry_after} s",
+                state.config.auth.token_requests_per_minute
+            ),
+        )
+        .with_header(http::header::RETRY_AFTER, &retry_after.to_string()));
+    }
+
     let directory = state.agents.clone();
     let id = client_id.clone();
     let checked = blocking(move || directory.authenticate(&id, &secret)).await?;

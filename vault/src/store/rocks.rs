@@ -64,6 +64,24 @@ impl RocksStore {
         })
     }
 
+    /// Opens an existing database for reading only, without taking its lock,
+    /// so a command can read while the server runs. It sees the data as of
+    /// opening, and every write fails.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let options = column_family_options();
+        let names = DB::list_cf(&options, path).map_err(|e| open_error(path, e))?;
+        let descriptors = names
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, column_family_options()));
+        let db = DB::open_cf_descriptors_read_only(&options, path, descriptors, false)
+            .map_err(|e| open_error(path, e))?;
+        Ok(RocksStore {
+            db,
+            path: path.to_owned(),
+            write_options: WriteOptions::default(),
+        })
+    }
+
     /// Returns the folder of the database.
     pub fn path(&self) -> &Path {
         &self.path

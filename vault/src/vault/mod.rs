@@ -14,6 +14,7 @@ mod definitions;
 mod master_check;
 mod records;
 mod secrets;
+mod system;
 
 #[cfg(test)]
 mod tests;

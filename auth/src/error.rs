@@ -46,6 +46,8 @@ pub enum AuthError {
     InvalidClient { client_id: String },
     #[error("the token was revoked: its agent was disabled or its credentials were rotated after it was issued; log in again")]
     Revoked,
+    #[error("the token's signing key is not in the cached key set of issuer {issuer:?}, and the latest fetch of that key set failed; retry later")]
+    JwksUnavailable { issuer: String },
 }
 
 impl AuthError {
@@ -69,6 +71,7 @@ impl AuthError {
             AuthError::CertificateBindingRequired => "certificate_binding_required",
             AuthError::InvalidClient { .. } => "invalid_client",
             AuthError::Revoked => "revoked",
+            AuthError::JwksUnavailable { .. } => "jwks_unavailable",
         }
     }
 }
@@ -92,4 +95,6 @@ pub enum KeyError {
     Permissions { path: PathBuf, mode: u32 },
     #[error("{what} is not valid: {reason}")]
     Invalid { what: String, reason: String },
+    #[error("a rotation is already pending: key {kid} starts signing at {activates_at} (Unix seconds); rotate again after that")]
+    RotationPending { kid: String, activates_at: u64 },
 }

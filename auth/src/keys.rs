@@ -117,6 +117,11 @@ impl SigningKey {
         &self.verifying.kid
     }
 
+    /// The private key as PKCS#8 DER, for sealing by the vault.
+    pub(crate) fn pkcs8(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
     /// Signs arbitrary header and claims bytes into a compact JWS.
     ///
     /// Tests and fuzzing use it to craft tokens the issuer would never mint;

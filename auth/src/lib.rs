@@ -14,7 +14,9 @@ mod cert;
 mod claims;
 mod client_secret;
 mod error;
+mod external;
 mod issuer;
+mod keyring;
 mod keys;
 mod pem;
 mod scope;
@@ -25,7 +27,12 @@ pub use cert::{certificate_thumbprint, ClientIdentity};
 pub use claims::{Claims, Confirmation, Principal};
 pub use client_secret::{ClientSecret, ClientSecretHash};
 pub use error::{AuthError, KeyError};
+pub use external::{
+    unverified_issuer, ExternalIssuerSettings, ExternalKeySet, ExternalVerifier, JwksError,
+    SkippedKey, MAX_KEYS_PER_SET,
+};
 pub use issuer::{TokenIssuer, TokenRequest};
+pub use keyring::{KeyRing, KeyStatus, ManagedKey};
 pub use keys::{Jwk, JwkSet, SigningKey, VerifyingKey};
 pub use scope::{Scope, ScopeSet};
 pub use verifier::{TokenVerifier, VerifierSettings};

@@ -15,15 +15,18 @@ pub enum Scope {
     SecretsRead,
     /// Open an agent session; only agent tokens carry it.
     AgentSession,
+    /// Rotate and inspect the server's token signing keys (an operator scope, not tied to an account).
+    KeysAdmin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::AgentsAdmin,
         Scope::TasksWrite,
         Scope::SecretsAdmin,
         Scope::SecretsRead,
         Scope::AgentSession,
+        Scope::KeysAdmin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,15 +36,17 @@ impl Scope {
             Scope::SecretsAdmin => "secrets:admin",
             Scope::SecretsRead => "secrets:read",
             Scope::AgentSession => "agent:session",
+            Scope::KeysAdmin => "keys:admin",
         }
     }
 
     /// Scopes of platform callers and runners; `agent:session` comes only from the agent token endpoint.
-    pub const PLATFORM: [Scope; 4] = [
+    pub const PLATFORM: [Scope; 5] = [
         Scope::AgentsAdmin,
         Scope::TasksWrite,
         Scope::SecretsAdmin,
         Scope::SecretsRead,
+        Scope::KeysAdmin,
     ];
 
     pub fn parse(text: &str) -> Option<Scope> {

@@ -1,6 +1,7 @@
 //! Verifying presented tokens against the known keys and the expected issuer and audience.
 
 use std::collections::HashMap;
+use std::sync::RwLock;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -23,23 +24,34 @@ pub struct VerifierSettings {
     pub max_lifetime_secs: u64,
 }
 
-/// Verifies tokens signed by any of a set of keys.
-#[derive(Clone, Debug)]
+/// Verifies tokens signed by any of a set of keys; the set can change while in use.
+#[derive(Debug)]
 pub struct TokenVerifier {
-    keys: HashMap<String, VerifyingKey>,
+    keys: RwLock<HashMap<String, VerifyingKey>>,
     settings: VerifierSettings,
 }
 
 impl TokenVerifier {
     pub fn new(keys: impl IntoIterator<Item = VerifyingKey>, settings: VerifierSettings) -> Self {
         TokenVerifier {
-            keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect(),
+            keys: RwLock::new(index(keys)),
             settings,
         }
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &VerifyingKey> {
-        self.keys.values()
+    /// The keys tokens may be signed with.
+    pub fn keys(&self) -> Vec<VerifyingKey> {
+        self.keys
+            .read()
+            .expect("verifier keys lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Replaces the set of keys, e.g. after a rotation added one or an old one was dropped.
+    pub fn set_keys(&self, keys: impl IntoIterator<Item = VerifyingKey>) {
+        *self.keys.write().expect("verifier keys lock") = index(keys);
     }
 
     pub fn leeway_secs(&self) -> u64 {
@@ -89,7 +101,7 @@ impl TokenVerifier {
 
     /// Reads the header without trusting it: picks the key by `kid` and checks
     /// that the declared algorithm is that key's one algorithm.
-    fn key_for(&self, token: &str) -> Result<&VerifyingKey, AuthError> {
+    fn key_for(&self, token: &str) -> Result<VerifyingKey, AuthError> {
         let header_b64 = token
             .split('.')
             .next()
@@ -114,7 +126,10 @@ impl TokenVerifier {
         }
         let key = self
             .keys
+            .read()
+            .expect("verifier keys lock")
             .get(kid)
+            .cloned()
             .ok_or_else(|| AuthError::UnknownKeyId(kid.clone()))?;
         let expected = format!("{:?}", key.algorithm);
         if alg != expected {
@@ -126,6 +141,10 @@ impl TokenVerifier {
         }
         Ok(key)
     }
+}
+
+fn index(keys: impl IntoIterator<Item = VerifyingKey>) -> HashMap<String, VerifyingKey> {
+    keys.into_iter().map(|k| (k.kid.clone(), k)).collect()
 }
 
 fn is_plain_identifier(text: &str) -> bool {

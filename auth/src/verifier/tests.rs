@@ -240,3 +240,21 @@ fn certificate_binding_enforced() {
     let principal = f.verifier.verify(&token, Some("thumb-a")).unwrap();
     assert_eq!(principal.certificate_thumbprint.as_deref(), Some("thumb-a"));
 }
+
+#[test]
+fn replaced_key_set_applies() {
+    let f = fixture();
+    let token = sign(&f, &base_claims());
+    assert!(f.verifier.verify(&token, None).is_ok());
+    let other = SigningKey::generate().unwrap();
+    f.verifier.set_keys([other.verifying_key().clone()]);
+    assert_eq!(
+        reason(&f, &token),
+        "unknown_kid",
+        "a dropped key no longer verifies"
+    );
+    f.verifier
+        .set_keys([f.key.verifying_key().clone(), other.verifying_key().clone()]);
+    assert!(f.verifier.verify(&token, None).is_ok());
+    assert_eq!(f.verifier.keys().len(), 2);
+}

@@ -21,6 +21,14 @@ pub enum ConfigError {
         value: String,
         rule: String,
     },
+    #[error("invalid value {value} for `auth.trusted_issuers[{index}].{field}`: {rule}")]
+    InvalidTrustedIssuer {
+        /// Position of the entry in the `[[auth.trusted_issuers]]` list, from 0.
+        index: usize,
+        field: &'static str,
+        value: String,
+        rule: String,
+    },
 }
 
 /// All options; every field has a default so an empty file is a valid configuration.
@@ -94,7 +102,8 @@ pub struct AuthConfig {
     pub issuer: String,
     /// `aud` of the tokens keygate signs and expects.
     pub audience: String,
-    /// Ed25519 private key (PEM, mode 0600); unset means `data_dir/keys/jwt-signing.pem`.
+    /// Ed25519 private key file (PEM, mode 0600) imported into the vault on the first
+    /// start and then deleted; unset means `data_dir/keys/jwt-signing.pem`.
     pub signing_key: Option<PathBuf>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     pub leeway_secs: u64,
@@ -108,6 +117,37 @@ pub struct AuthConfig {
     pub client_secret_rotation_overlap_secs: u64,
     /// Logins allowed per client id per minute at the token endpoint (also the burst); 0 turns the limit off.
     pub token_requests_per_minute: u32,
+    /// Time between a signing key rotation publishing the new key and that key signing,
+    /// so verifiers that cache the JWK set fetch it first.
+    pub signing_key_publish_delay_secs: u64,
+    /// External identity providers whose tokens are accepted (`[[auth.trusted_issuers]]`).
+    pub trusted_issuers: Vec<TrustedIssuerConfig>,
+}
+
+/// An external identity provider whose tokens keygate accepts, acting for one account.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuerConfig {
+    /// The `iss` of its tokens.
+    pub issuer: String,
+    /// The `aud` its tokens must carry.
+    pub audience: String,
+    /// URL of its JWK set: https, or http for a loopback host only.
+    pub jwks_url: String,
+    /// PEM bundle of CA certificates trusted for `jwks_url`; unset means the Mozilla roots (webpki-roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Shortest time between two refetches of the JWK set that unknown key ids trigger.
+    #[serde(default = "default_refetch_cooldown_secs")]
+    pub refetch_cooldown_secs: u64,
+    /// The keygate account its tokens act for.
+    pub account: String,
+    /// Scopes its tokens may grant; other scopes in a token are dropped.
+    pub allowed_scopes: Vec<String>,
+}
+
+fn default_refetch_cooldown_secs() -> u64 {
+    60
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -183,6 +223,8 @@ impl Default for AuthConfig {
             verified_token_cache_size: 100_000,
             client_secret_rotation_overlap_secs: 86_400,
             token_requests_per_minute: 60,
+            signing_key_publish_delay_secs: 300,
+            trusted_issuers: Vec::new(),
         }
     }
 }
@@ -253,6 +295,12 @@ impl Config {
             30 * 86_400,
         )?;
         check_range(
+            "auth.signing_key_publish_delay_secs",
+            self.auth.signing_key_publish_delay_secs,
+            0,
+            86_400,
+        )?;
+        check_range(
             "auth.token_requests_per_minute",
             self.auth.token_requests_per_minute as u64,
             0,
@@ -276,6 +324,7 @@ impl Config {
             5,
             self.auth.max_token_lifetime_secs,
         )?;
+        self.validate_trusted_issuers()?;
         let g = &self.gateway;
         check_range(
             "gateway.heartbeat_interval_ms",
@@ -352,6 +401,86 @@ impl Config {
         Ok(())
     }
 
+    /// Checks each `[[auth.trusted_issuers]]` entry.
+    fn validate_trusted_issuers(&self) -> Result<(), ConfigError> {
+        for (index, entry) in self.auth.trusted_issuers.iter().enumerate() {
+            let invalid = |field: &'static str, value: String, rule: String| {
+                ConfigError::InvalidTrustedIssuer {
+                    index,
+                    field,
+                    value,
+                    rule,
+                }
+            };
+            // The same rule as `auth.issuer` and `auth.audience`, reported with the entry's field.
+            for (field, value) in [("issuer", &entry.issuer), ("audience", &entry.audience)] {
+                if let Err(ConfigError::Invalid { value, rule, .. }) =
+                    check_identifier("auth.trusted_issuers", value)
+                {
+                    return Err(invalid(field, value, rule));
+                }
+            }
+            if entry.issuer == self.auth.issuer {
+                return Err(invalid(
+                    "issuer",
+                    format!("{:?}", entry.issuer),
+                    "is keygate's own issuer (`auth.issuer`); a trusted issuer needs its own `iss`"
+                        .into(),
+                ));
+            }
+            if let Some(first) = self.auth.trusted_issuers[..index]
+                .iter()
+                .position(|other| other.issuer == entry.issuer)
+            {
+                return Err(invalid(
+                    "issuer",
+                    format!("{:?}", entry.issuer),
+                    format!(
+                        "is also the issuer of entry {first}; each trusted issuer appears once"
+                    ),
+                ));
+            }
+            let url = crate::jwks_client::JwksUrl::parse(&entry.jwks_url)
+                .map_err(|rule| invalid("jwks_url", format!("{:?}", entry.jwks_url), rule))?;
+            if let Some(ca_file) = &entry.ca_file {
+                if ca_file.as_os_str().is_empty() {
+                    return Err(invalid(
+                        "ca_file",
+                        "\"\"".into(),
+                        "must be a file path; leave it out to trust the Mozilla root certificates"
+                            .into(),
+                    ));
+                }
+                if !url.is_https() {
+                    return Err(invalid(
+                        "ca_file",
+                        format!("{:?}", ca_file.display().to_string()),
+                        "applies only to an https `jwks_url`".into(),
+                    ));
+                }
+            }
+            if !(1..=86_400).contains(&entry.refetch_cooldown_secs) {
+                return Err(invalid(
+                    "refetch_cooldown_secs",
+                    entry.refetch_cooldown_secs.to_string(),
+                    "must be between 1 and 86400".into(),
+                ));
+            }
+            if let Err(keygate_vault::VaultError::InvalidAccount { reason, .. }) =
+                keygate_vault::validate_account_id(&entry.account)
+            {
+                return Err(invalid(
+                    "account",
+                    format!("{:?}", entry.account),
+                    format!("must be a keygate account id: {reason} (allowed: 1 to 64 characters of a-z, 0-9, _ and -, starting with a letter or digit)"),
+                ));
+            }
+            check_trusted_scopes(&entry.allowed_scopes)
+                .map_err(|(value, rule)| invalid("allowed_scopes", value, rule))?;
+        }
+        Ok(())
+    }
+
     pub fn db_dir(&self) -> PathBuf {
         self.data_dir.join("db")
     }
@@ -407,6 +536,38 @@ fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<()
             value,
             &format!("must be between {min} and {max}"),
         ));
+    }
+    Ok(())
+}
+
+/// Checks a trusted issuer's scope list; returns the rejected value and the rule.
+fn check_trusted_scopes(names: &[String]) -> Result<(), (String, String)> {
+    use keygate_auth::Scope;
+
+    if names.is_empty() {
+        return Err((
+            "[]".into(),
+            "must list at least one scope, or the issuer's tokens could do nothing".into(),
+        ));
+    }
+    let grantable = crate::trusted_issuers::grantable_scopes();
+    for name in names {
+        let rule = match Scope::parse(name) {
+            Some(scope) if grantable.contains(&scope) => continue,
+            Some(Scope::AgentSession) => {
+                "is not allowed: only agent tokens from keygate's token endpoint open sessions"
+                    .to_owned()
+            }
+            Some(Scope::KeysAdmin) => {
+                "is not allowed: it manages keygate's own signing keys, and a trusted issuer acts within one account"
+                    .to_owned()
+            }
+            _ => {
+                let allowed: Vec<&str> = grantable.iter().map(|s| s.as_str()).collect();
+                format!("is not a scope a trusted issuer can grant (allowed: {})", allowed.join(", "))
+            }
+        };
+        return Err((format!("{name:?}"), rule));
     }
     Ok(())
 }
@@ -534,5 +695,199 @@ mod tests {
                 other => panic!("config {text:?}: expected Invalid, got {other:?}"),
             }
         }
+    }
+
+    const TRUSTED_ISSUER: &str = r#"
+[[auth.trusted_issuers]]
+issuer = "https://idp.example.com/"
+audience = "keygate-api"
+jwks_url = "https://idp.example.com/.well-known/jwks.json"
+account = "acme"
+allowed_scopes = ["agents:admin", "tasks:write"]
+"#;
+
+    #[test]
+    fn trusted_issuer_defaults() {
+        let config = Config::parse(TRUSTED_ISSUER).unwrap();
+        let entry = &config.auth.trusted_issuers[0];
+        assert_eq!(entry.refetch_cooldown_secs, 60);
+        assert_eq!(entry.ca_file, None);
+        assert!(Config::parse("").unwrap().auth.trusted_issuers.is_empty());
+    }
+
+    #[test]
+    fn trusted_issuer_missing_field_named() {
+        let text = TRUSTED_ISSUER.replace("account = \"acme\"\n", "");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("account"), "{err}");
+    }
+
+    #[test]
+    fn rejected_trusted_issuers_name_entry_field_and_value() {
+        let replace = |from: &str, to: &str| {
+            assert!(TRUSTED_ISSUER.contains(from), "{from}");
+            TRUSTED_ISSUER.replace(from, to)
+        };
+        let second_entry = format!(
+            "{TRUSTED_ISSUER}{}",
+            TRUSTED_ISSUER.replace("account = \"acme\"", "account = \"globex\"")
+        );
+        let cases = [
+            (
+                replace("issuer = \"https://idp.example.com/\"", "issuer = \"\""),
+                0,
+                "issuer",
+                "\"\"",
+            ),
+            (
+                replace(
+                    "issuer = \"https://idp.example.com/\"",
+                    "issuer = \"keygate\"",
+                ),
+                0,
+                "issuer",
+                "\"keygate\"",
+            ),
+            (second_entry, 1, "issuer", "\"https://idp.example.com/\""),
+            (
+                replace("audience = \"keygate-api\"", "audience = \"a b\""),
+                0,
+                "audience",
+                "\"a b\"",
+            ),
+            (
+                replace(
+                    "https://idp.example.com/.well-known",
+                    "http://idp.example.com/.well-known",
+                ),
+                0,
+                "jwks_url",
+                "\"http://idp.example.com/.well-known/jwks.json\"",
+            ),
+            (
+                replace(
+                    "https://idp.example.com/.well-known",
+                    "http://10.1.2.3/.well-known",
+                ),
+                0,
+                "jwks_url",
+                "\"http://10.1.2.3/.well-known/jwks.json\"",
+            ),
+            (
+                replace(
+                    "https://idp.example.com/.well-known/jwks.json",
+                    "idp.example.com",
+                ),
+                0,
+                "jwks_url",
+                "\"idp.example.com\"",
+            ),
+            (
+                replace(
+                    "https://idp.example.com/.well-known",
+                    "https://u:p@idp.example.com/.well-known",
+                ),
+                0,
+                "jwks_url",
+                "\"https://u:p@idp.example.com/.well-known/jwks.json\"",
+            ),
+            (
+                replace("account = \"acme\"", "account = \"acme\"\nca_file = \"\""),
+                0,
+                "ca_file",
+                "\"\"",
+            ),
+            (
+                replace(
+                    "jwks_url = \"https://idp.example.com/.well-known/jwks.json\"",
+                    "jwks_url = \"http://127.0.0.1:9000/jwks\"\nca_file = \"/etc/idp-ca.pem\"",
+                ),
+                0,
+                "ca_file",
+                "\"/etc/idp-ca.pem\"",
+            ),
+            (
+                replace(
+                    "account = \"acme\"",
+                    "account = \"acme\"\nrefetch_cooldown_secs = 0",
+                ),
+                0,
+                "refetch_cooldown_secs",
+                "0",
+            ),
+            (
+                replace(
+                    "account = \"acme\"",
+                    "account = \"acme\"\nrefetch_cooldown_secs = 86401",
+                ),
+                0,
+                "refetch_cooldown_secs",
+                "86401",
+            ),
+            (
+                replace("account = \"acme\"", "account = \"Acme Corp\""),
+                0,
+                "account",
+                "\"Acme Corp\"",
+            ),
+            (
+                replace("account = \"acme\"", "account = \"\""),
+                0,
+                "account",
+                "\"\"",
+            ),
+            (
+                replace("[\"agents:admin\", \"tasks:write\"]", "[]"),
+                0,
+                "allowed_scopes",
+                "[]",
+            ),
+            (
+                replace("\"tasks:write\"]", "\"agent:session\"]"),
+                0,
+                "allowed_scopes",
+                "\"agent:session\"",
+            ),
+            (
+                replace("\"tasks:write\"]", "\"keys:admin\"]"),
+                0,
+                "allowed_scopes",
+                "\"keys:admin\"",
+            ),
+            (
+                replace("\"tasks:write\"]", "\"secrets:write\"]"),
+                0,
+                "allowed_scopes",
+                "\"secrets:write\"",
+            ),
+        ];
+        for (text, index, field, value) in cases {
+            match Config::parse(&text) {
+                Err(ConfigError::InvalidTrustedIssuer {
+                    index: i,
+                    field: f,
+                    value: v,
+                    ..
+                }) => {
+                    assert_eq!(i, index, "config {text:?}");
+                    assert_eq!(f, field, "config {text:?}");
+                    assert_eq!(v, value, "config {text:?}");
+                }
+                other => panic!("config {text:?}: expected InvalidTrustedIssuer, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn trusted_issuer_error_names_entry() {
+        let text = TRUSTED_ISSUER.replace(
+            "account = \"acme\"",
+            "account = \"acme\"\nrefetch_cooldown_secs = 0",
+        );
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid value 0 for `auth.trusted_issuers[0].refetch_cooldown_secs`: must be between 1 and 86400"
+        );
     }
 }

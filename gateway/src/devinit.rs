@@ -1,16 +1,18 @@
 //! Creates the files a data folder needs on first start: the development CA,
-//! a localhost server certificate, the master key and the token signing key.
-//! Existing files are kept, so running it again changes nothing.
+//! a localhost server certificate and the master key. Existing files are
+//! kept, so running it again changes nothing. The token signing keys are not
+//! files: the server creates them sealed in the vault on its first start.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use keygate_auth::{ScopeSet, SigningKey, TokenIssuer, TokenRequest};
+use keygate_auth::{Scope, ScopeSet, TokenRequest};
 use keygate_vault::MasterKey;
 
 use crate::config::Config;
 use crate::pki::{write_file, DevCa, PkiError};
+use crate::signing::SigningKeys;
 
 /// Names of the server certificate of a development install.
 pub const DEV_SERVER_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -54,32 +56,17 @@ pub fn ensure_material(config: &Config) -> Result<Vec<PathBuf>, InitError> {
     if MasterKey::load_or_create(&master_path)?.1 {
         created.push(master_path);
     }
-    let signing_path = config.signing_key_path();
-    if SigningKey::load_or_generate(&signing_path)?.1 {
-        created.push(signing_path);
-    }
     Ok(created)
 }
 
 /// Writes a fresh admin token for the development account, valid for the
 /// maximum token lifetime, to `data_dir/dev-admin.token` (mode 0600).
-pub fn write_dev_admin_token(config: &Config) -> Result<PathBuf, InitError> {
-    let key = SigningKey::load(&config.signing_key_path())?;
-    let issuer = TokenIssuer::new(
-        key.into(),
-        config.auth.issuer.clone(),
-        config.auth.audience.clone(),
-    );
+pub fn write_dev_admin_token(config: &Config, signing: &SigningKeys) -> Result<PathBuf, InitError> {
     let mut scopes = ScopeSet::default();
-    for scope in [
-        keygate_auth::Scope::AgentsAdmin,
-        keygate_auth::Scope::TasksWrite,
-        keygate_auth::Scope::SecretsAdmin,
-        keygate_auth::Scope::SecretsRead,
-    ] {
+    for scope in Scope::PLATFORM {
         scopes.insert(scope);
     }
-    let (token, _) = issuer.issue(&TokenRequest {
+    let (token, _) = signing.issue(&TokenRequest {
         subject: "dev-admin".into(),
         account: DEV_ACCOUNT.into(),
         scopes,

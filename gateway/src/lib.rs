@@ -11,6 +11,7 @@ pub mod config;
 pub mod devinit;
 pub mod directory;
 pub mod http;
+pub mod jwks_client;
 mod listener;
 pub mod logging;
 pub mod metrics;
@@ -19,8 +20,10 @@ pub mod ratelimit;
 pub mod relay;
 pub mod server;
 pub mod session;
+pub mod signing;
 pub mod state;
 pub mod tls;
+pub mod trusted_issuers;
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> u64 {

@@ -6,16 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use keygate_auth::{
-    CachedVerifier, JwkSet, SigningKey, TokenIssuer, TokenVerifier, VerifierSettings,
-};
+use keygate_auth::{CachedVerifier, TokenVerifier, VerifierSettings};
 use keygate_protocol::GoAwayReason;
 use keygate_vault::{MasterKey, RocksStore, Vault};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::directory::AgentDirectory;
@@ -25,9 +22,11 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::relay::TaskTable;
 use crate::session::SessionRegistry;
+use crate::signing::{SigningKeys, SigningSettings};
 use crate::state::{AppState, SharedState};
 use crate::tls::reload::TlsReloader;
 use crate::tls::{ServerTlsFiles, TlsError};
+use crate::trusted_issuers::{TrustedIssuerError, TrustedIssuers};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +35,8 @@ pub enum StartError {
     Store(#[from] keygate_vault::StoreError),
     #[error("cannot load the master key: {0}")]
     MasterKey(keygate_vault::VaultError),
-    #[error("cannot load the token signing key: {0}")]
-    SigningKey(#[from] keygate_auth::KeyError),
+    #[error("cannot load the token signing keys: {0}")]
+    SigningKeys(#[from] crate::signing::SigningError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr} for the {listener} listener: {source}; is another process using it? Set listen.{listener} or its flag to another address")]
@@ -48,6 +47,8 @@ pub enum StartError {
     },
     #[error("missing file {path}: {hint}")]
     MissingFile { path: PathBuf, hint: &'static str },
+    #[error(transparent)]
+    TrustedIssuer(#[from] TrustedIssuerError),
 }
 
 /// A running server.
@@ -70,10 +71,6 @@ impl Server {
                 "run `keygate init` or `keygate dev` to create it, or set vault.master_key_file",
             ),
             (
-                config.signing_key_path(),
-                "run `keygate init` or `keygate dev` to create it, or set auth.signing_key",
-            ),
-            (
                 config.server_cert_path(),
                 "run `keygate init` or `keygate dev`, or set tls.server_cert",
             ),
@@ -87,14 +84,24 @@ impl Server {
             }
         }
         let master = MasterKey::load(&config.master_key_path()).map_err(StartError::MasterKey)?;
-        let signing_key = Arc::new(SigningKey::load(&config.signing_key_path())?);
         let store = Arc::new(RocksStore::open(&config.db_dir())?);
         let vault = Arc::new(Vault::new(store.clone(), master));
         if vault.verify_master_key().map_err(StartError::MasterKey)? {
             info!("master key recorded; later starts check the key against this record");
         }
+        let signing = SigningKeys::load_or_init(
+            vault.clone(),
+            &config.signing_key_path(),
+            SigningSettings {
+                issuer: config.auth.issuer.clone(),
+                audience: config.auth.audience.clone(),
+                publish_delay_secs: config.auth.signing_key_publish_delay_secs,
+                retention_secs: config.auth.max_token_lifetime_secs + config.auth.leeway_secs,
+            },
+        )?;
 
         let tls = Arc::new(TlsReloader::load(ServerTlsFiles::from_config(&config))?);
+        let trusted_issuers = TrustedIssuers::from_config(&config.auth)?;
 
         let bind = |listener: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -117,7 +124,7 @@ impl Server {
 
         let auth = &config.auth;
         let verifier = TokenVerifier::new(
-            [signing_key.verifying_key().clone()],
+            signing.verifying_keys(),
             VerifierSettings {
                 issuer: auth.issuer.clone(),
                 audience: auth.audience.clone(),
@@ -125,23 +132,23 @@ impl Server {
                 max_lifetime_secs: auth.max_token_lifetime_secs,
             },
         );
-        let jwks = JwkSet {
-            keys: verifier.keys().map(|k| k.to_jwk()).collect(),
-        };
         let verifier = CachedVerifier::new(verifier, auth.verified_token_cache_size);
         let state: SharedState = Arc::new(AppState {
-            issuer: TokenIssuer::new(signing_key, auth.issuer.clone(), auth.audience.clone()),
+            signing,
             verifier,
+            trusted_issuers,
             agents: AgentDirectory::new(store),
             vault,
             sessions: SessionRegistry::default(),
             tasks: TaskTable::new(config.gateway.max_finished_tasks),
             metrics: Metrics::new(),
             login_limiter: RateLimiter::new(config.auth.token_requests_per_minute),
-            jwks: Bytes::from(serde_json::to_vec(&jwks).expect("JWK sets serialize")),
             config,
         });
         tls.register_metrics(&state.metrics);
+        state.trusted_issuers.register_metrics(&state.metrics);
+        // Before the listeners serve, so the first external tokens find keys.
+        state.trusted_issuers.load_all().await;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let grace = Duration::from_millis(state.config.gateway.shutdown_grace_ms);
@@ -211,6 +218,7 @@ impl Server {
     }
 }
 
+/// Drops finished tasks past their retention and signing keys past theirs.
 async fn sweep_finished_tasks(state: SharedState, mut shutdown: watch::Receiver<bool>) {
     let retention = Duration::from_secs(state.config.gateway.finished_task_retention_secs);
     let mut ticker = tokio::time::interval(Duration::from_secs(10).min(retention));
@@ -220,6 +228,11 @@ async fn sweep_finished_tasks(state: SharedState, mut shutdown: watch::Receiver<
                 let removed = state.tasks.sweep(retention);
                 if removed > 0 {
                     debug!(removed, "expired finished tasks");
+                }
+                match state.signing.prune() {
+                    Ok(true) => state.sync_verifier_keys(),
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "dropping expired token signing keys failed; retrying later"),
                 }
             }
             _ = crate::stopped(&mut shutdown) => return,

@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use keygate_auth::{CachedVerifier, TokenIssuer};
+use keygate_auth::CachedVerifier;
 use keygate_vault::Vault;
 
 use crate::config::Config;
@@ -12,11 +11,16 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::relay::TaskTable;
 use crate::session::SessionRegistry;
+use crate::signing::SigningKeys;
+use crate::trusted_issuers::TrustedIssuers;
 
 pub struct AppState {
     pub config: Config,
-    pub issuer: TokenIssuer,
+    /// The token signing keys; the verifier's key set follows them.
+    pub signing: SigningKeys,
     pub verifier: CachedVerifier,
+    /// External identity providers whose tokens are accepted too.
+    pub trusted_issuers: TrustedIssuers,
     pub vault: Arc<Vault>,
     pub agents: AgentDirectory,
     pub sessions: SessionRegistry,
@@ -24,8 +28,17 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Logins per client id at the agent token endpoint.
     pub login_limiter: RateLimiter,
-    /// The JWK set document, rendered once at start.
-    pub jwks: Bytes,
+}
+
+impl AppState {
+    /// Makes the verifier trust exactly the published signing keys, and
+    /// forgets cached tokens in case a key was dropped.
+    pub fn sync_verifier_keys(&self) {
+        self.verifier
+            .inner()
+            .set_keys(self.signing.verifying_keys());
+        self.verifier.clear();
+    }
 }
 
 pub type SharedState = Arc<AppState>;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use keygate_auth::{ScopeSet, SigningKey, TokenIssuer, TokenRequest};
+use keygate_auth::{ScopeSet, TokenRequest};
 use keygate_gateway::agent::{AgentOptions, TaskHandlers};
 use keygate_gateway::config::Config;
 use keygate_gateway::server::Server;
@@ -109,13 +109,10 @@ impl TestServer {
         projects: Option<&[&str]>,
         lifetime_secs: u64,
     ) -> String {
-        let key = SigningKey::load(&self.config.signing_key_path()).expect("signing key");
-        let issuer = TokenIssuer::new(
-            Arc::new(key),
-            self.config.auth.issuer.clone(),
-            self.config.auth.audience.clone(),
-        );
-        let (token, _) = issuer
+        let (token, _) = self
+            .server()
+            .state()
+            .signing
             .issue(&TokenRequest {
                 subject: "test-caller".into(),
                 account: account.into(),
@@ -411,4 +408,100 @@ pub async fn agent_token(server: &TestServer, creds: &AgentCredentials) -> Strin
         .as_str()
         .expect("access_token")
         .to_owned()
+}
+
+/// A JWK set server on a loopback port, for trusted-issuer tests: plain HTTP,
+/// serving a document the test can replace, and counting the requests it gets.
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    shared: Arc<JwksServerShared>,
+    accept_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct JwksServerShared {
+    /// The status and body every request gets.
+    answer: std::sync::Mutex<(StatusCode, Bytes)>,
+    requests: std::sync::atomic::AtomicUsize,
+}
+
+impl JwksServer {
+    /// Starts serving `document` with status 200 at any path.
+    pub async fn start(document: &Value) -> JwksServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the JWK set server");
+        let addr = listener.local_addr().expect("local address");
+        let shared = Arc::new(JwksServerShared {
+            answer: std::sync::Mutex::new((StatusCode::OK, Bytes::from(document.to_string()))),
+            requests: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let accept_shared = shared.clone();
+        let accept_task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let shared = accept_shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_request| {
+                        let shared = shared.clone();
+                        async move {
+                            shared
+                                .requests
+                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let (status, body) = shared.answer.lock().expect("answer lock").clone();
+                            let response = http::Response::builder()
+                                .status(status)
+                                .header(http::header::CONTENT_TYPE, "application/json")
+                                .body(Full::new(body))
+                                .expect("response");
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        JwksServer {
+            addr,
+            shared,
+            accept_task: Some(accept_task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/jwks.json", self.addr)
+    }
+
+    /// Serves `document` with status 200 from now on.
+    pub fn set_document(&self, document: &Value) {
+        self.set_answer(StatusCode::OK, Bytes::from(document.to_string()));
+    }
+
+    /// Answers every request with `status` and `body` from now on.
+    pub fn set_answer(&self, status: StatusCode, body: Bytes) {
+        *self.shared.answer.lock().expect("answer lock") = (status, body);
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.shared
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Closes the listening socket, so new connections are refused.
+    pub async fn stop(&mut self) {
+        if let Some(task) = self.accept_task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.accept_task.take() {
+            task.abort();
+        }
+    }
 }

@@ -337,9 +337,12 @@ async fn bearer_token_problems_answer_401() {
         "{challenge}"
     );
 
-    let mut tampered = server.admin_token.clone();
-    let last = tampered.pop().unwrap();
-    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    // Change a character inside the signature: the last one carries padding
+    // bits, so changing it can make the base64 invalid instead.
+    let mut tampered = server.admin_token.clone().into_bytes();
+    let index = tampered.len() - 10;
+    tampered[index] = if tampered[index] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
     let (status, _, body) = api
         .request(Method::GET, "/v1/agents", Some(&tampered), None)
         .await;

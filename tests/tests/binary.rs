@@ -107,7 +107,10 @@ async fn newcomer_walkthrough_and_log_scan() {
             & 0o777
     };
     assert_eq!(mode(&data.join("keys/master.key")), 0o600);
-    assert_eq!(mode(&data.join("keys/jwt-signing.pem")), 0o600);
+    assert!(
+        !data.join("keys/jwt-signing.pem").exists(),
+        "the token signing keys live sealed in the vault, not in a plain file"
+    );
     assert_eq!(mode(&data.join("dev-admin.token")), 0o600);
 
     let admin = std::fs::read_to_string(data.join("dev-admin.token")).unwrap();
@@ -230,6 +233,30 @@ async fn newcomer_walkthrough_and_log_scan() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["value"], secret_value.as_str());
+
+    let key_args = |command: &str| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["keys", command, "--api", &api_addr.to_string()])
+            .arg("--ca")
+            .arg(data.join("tls/ca.pem"))
+            .arg("--token-file")
+            .arg(data.join("dev-admin.token"));
+        cmd.output().unwrap()
+    };
+    let rotated = key_args("rotate");
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let status = key_args("status");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 2, "{listed}");
 
     let ops = HttpsClient::plain(ops_addr);
     let (status, _, _) = ops

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 64 usage or configuration error (EX_USAGE).
 
 mod agent_cmd;
+mod keys_cmd;
 mod serve_cmd;
 mod tools_cmd;
 
@@ -55,6 +56,9 @@ enum Command {
     /// Issue certificates from the development CA.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Inspect and rotate the token signing keys of a running server.
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
     /// Run the reference agent.
     Agent(agent_cmd::AgentArgs),
 }
@@ -170,6 +174,7 @@ pub fn main() -> i32 {
             Command::Token(TokenCommand::Issue(args)) => tools_cmd::token_issue(args),
             Command::Certs(CertsCommand::Agent(args)) => tools_cmd::cert_agent(args),
             Command::Agent(args) => agent_cmd::run(args).await,
+            Command::Keys(command) => keys_cmd::run(command).await,
         }
     })
 }

@@ -20,16 +20,19 @@ pub async fn dev(args: DevArgs) -> i32 {
         eprintln!("error: cannot prepare the data folder: {e}");
         return EXIT_FAILURE;
     }
-    let token_path = match devinit::write_dev_admin_token(&config) {
-        Ok(path) => path,
-        Err(e) => {
-            eprintln!("error: cannot write the development admin token: {e}");
-            return EXIT_FAILURE;
-        }
-    };
     let lifetime_h = config.auth.max_token_lifetime_secs / 3600;
     run(config, |server, config| {
-        print_welcome(server, &config.data_dir, &token_path, lifetime_h);
+        // The signing keys live in the vault, so the token is minted by the running server.
+        match devinit::write_dev_admin_token(config, &server.state().signing) {
+            Ok(token_path) => {
+                print_welcome(server, &config.data_dir, &token_path, lifetime_h);
+                true
+            }
+            Err(e) => {
+                eprintln!("error: cannot write the development admin token: {e}");
+                false
+            }
+        }
     })
     .await
 }
@@ -71,7 +74,7 @@ pub async fn serve(args: ServeArgs) -> i32 {
         eprintln!("error: {e}");
         return EXIT_USAGE;
     }
-    run(config, |_, _| {}).await
+    run(config, |_, _| true).await
 }
 
 fn apply_listen(config: &mut Config, listen: &ListenArgs) -> Result<(), String> {
@@ -87,7 +90,8 @@ fn apply_listen(config: &mut Config, listen: &ListenArgs) -> Result<(), String> 
     config.validate().map_err(|e| e.to_string())
 }
 
-async fn run(config: Config, on_start: impl FnOnce(&Server, &Config)) -> i32 {
+/// Starts the server, runs `on_start` (which may veto the start), and serves until SIGTERM or SIGINT.
+async fn run(config: Config, on_start: impl FnOnce(&Server, &Config) -> bool) -> i32 {
     let shown = config.clone();
     let server = match Server::start(config).await {
         Ok(server) => server,
@@ -96,7 +100,10 @@ async fn run(config: Config, on_start: impl FnOnce(&Server, &Config)) -> i32 {
             return EXIT_FAILURE;
         }
     };
-    on_start(&server, &shown);
+    if !on_start(&server, &shown) {
+        server.shutdown().await;
+        return EXIT_FAILURE;
+    }
     shutdown_signal().await;
     server.shutdown().await;
     EXIT_OK

@@ -63,17 +63,17 @@ pub fn token_issue(args: TokenIssueArgs) -> i32 {
             return EXIT_USAGE;
         }
     }
-    let key = match SigningKey::load(&config.signing_key_path()) {
+    let key = match active_signing_key(&config) {
         Ok(key) => key,
         Err(e) => {
             eprintln!(
-                "error: {e}\nPass the server's --config, or the --data-dir of a `keygate dev` or `keygate init` data folder."
+                "error: {e}\nPass the server's --config, or the --data-dir of a data folder a keygate server has started on once."
             );
             return EXIT_FAILURE;
         }
     };
     let issuer = TokenIssuer::new(
-        key.into(),
+        key,
         config.auth.issuer.clone(),
         config.auth.audience.clone(),
     );
@@ -95,6 +95,33 @@ pub fn token_issue(args: TokenIssueArgs) -> i32 {
             EXIT_FAILURE
         }
     }
+}
+
+/// Reads the signing key that is active now from the server's vault, opened
+/// read-only so this works while the server runs.
+fn active_signing_key(
+    config: &crate::config::Config,
+) -> Result<std::sync::Arc<SigningKey>, String> {
+    let db = config.db_dir();
+    if !db.exists() {
+        return Err(format!(
+            "no store in {}; start the server once so it creates its signing keys",
+            db.display()
+        ));
+    }
+    let master =
+        keygate_vault::MasterKey::load(&config.master_key_path()).map_err(|e| e.to_string())?;
+    let store = keygate_vault::RocksStore::open_read_only(&db).map_err(|e| e.to_string())?;
+    let vault = keygate_vault::Vault::new(std::sync::Arc::new(store), master);
+    let ring = crate::signing::load_ring(&vault)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "the store in {} holds no signing keys yet; start the server once",
+                db.display()
+            )
+        })?;
+    Ok(ring.active(keygate_auth::unix_now()).key.clone())
 }
 
 #[derive(Args)]

@@ -83,15 +83,19 @@ pub async fn handle(
 }
 
 /// Verifies the request's bearer token against the connection's client certificate, if any.
-pub fn authenticate(
+///
+/// keygate's own tokens are checked by `state.verifier`, and tokens of a
+/// trusted issuer by that issuer's verifier, which may refetch its key set first.
+pub async fn authenticate(
     state: &SharedState,
     conn: &ConnInfo,
     headers: &HeaderMap,
 ) -> Result<Principal, ApiError> {
-    let result = bearer_token(headers).and_then(|token| {
-        let thumbprint = conn.client.as_ref().map(|c| c.thumbprint.as_str());
-        state.verifier.verify(token, thumbprint)
-    });
+    let thumbprint = conn.client.as_ref().map(|c| c.thumbprint.as_str());
+    let result = match bearer_token(headers) {
+        Ok(token) => verify_token(state, token, thumbprint).await,
+        Err(error) => Err(error),
+    };
     result.map_err(|error| {
         state
             .metrics
@@ -101,6 +105,25 @@ pub fn authenticate(
         debug!(reason = error.reason(), "token rejected");
         ApiError::unauthorized(&error)
     })
+}
+
+/// Picks the verifier by the token's unverified `iss`; nothing else is read before verification.
+async fn verify_token(
+    state: &SharedState,
+    token: &str,
+    thumbprint: Option<&str>,
+) -> Result<Principal, AuthError> {
+    match keygate_auth::unverified_issuer(token) {
+        Some(issuer) if issuer != state.config.auth.issuer => {
+            match state.trusted_issuers.get(&issuer) {
+                Some(trusted) => trusted.verify(token, thumbprint).await,
+                None => Err(AuthError::InvalidIssuer),
+            }
+        }
+        // keygate's own tokens, and tokens without a readable `iss`, which
+        // keygate's verifier rejects with the precise reason.
+        _ => state.verifier.verify(token, thumbprint),
+    }
 }
 
 fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {

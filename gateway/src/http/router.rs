@@ -46,6 +46,8 @@ pub enum Route {
     PutDefinition { project: String, name: String },
     GetDefinition { project: String, name: String },
     ResolveDefinition { project: String, name: String },
+    ListSigningKeys,
+    RotateSigningKey,
     Metrics,
     Healthz,
     Readyz,
@@ -76,6 +78,8 @@ impl Route {
             Route::ResolveDefinition { .. } => {
                 "/v1/projects/{project}/secret-definitions/{name}/value"
             }
+            Route::ListSigningKeys => "/v1/admin/signing-keys",
+            Route::RotateSigningKey => "/v1/admin/signing-keys/rotate",
             Route::Metrics => "/metrics",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
@@ -207,6 +211,10 @@ fn candidates(listener: ListenerKind, segs: &[&str]) -> Vec<(Method, Route)> {
                     name: s(name),
                 },
             )]
+        }
+        (Api, ["v1", "admin", "signing-keys"]) => vec![(Method::GET, Route::ListSigningKeys)],
+        (Api, ["v1", "admin", "signing-keys", "rotate"]) => {
+            vec![(Method::POST, Route::RotateSigningKey)]
         }
         (Ops, ["metrics"]) => vec![(Method::GET, Route::Metrics)],
         (Ops, ["healthz"]) => vec![(Method::GET, Route::Healthz)],

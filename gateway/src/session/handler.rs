@@ -36,7 +36,7 @@ pub async fn open_session(
     conn: &ConnInfo,
     req: http::Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&state, conn, req.headers())?;
+    let principal = authenticate(&state, conn, req.headers()).await?;
     if !principal.has_scope(Scope::AgentSession) {
         return Err(ApiError::insufficient_scope(Scope::AgentSession));
     }

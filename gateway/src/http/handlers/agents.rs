@@ -32,7 +32,7 @@ pub async fn create(
     conn: &ConnInfo,
     req: http::Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(state, conn, req.headers())?;
+    let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, Scope::AgentsAdmin)?;
     let body: CreateAgent = read_json(req.into_body(), state.config.http.max_body_bytes).await?;
     if let Some(name) = &body.name {
@@ -71,7 +71,7 @@ pub async fn list(
     conn: &ConnInfo,
     req: http::Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(state, conn, req.headers())?;
+    let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, Scope::AgentsAdmin)?;
     let page = page(&req)?;
     let directory = state.agents.clone();
@@ -89,7 +89,7 @@ pub async fn get(
     req: http::Request<Incoming>,
     agent_id: &str,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(state, conn, req.headers())?;
+    let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, Scope::AgentsAdmin)?;
     let record = find_agent(state, &principal.account, agent_id).await?;
     Ok(json_response(StatusCode::OK, &agent_view(state, &record)))
@@ -104,7 +104,7 @@ pub async fn set_disabled(
     agent_id: &str,
     disabled: bool,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(state, conn, req.headers())?;
+    let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, Scope::AgentsAdmin)?;
     find_agent(state, &principal.account, agent_id).await?;
     let directory = state.agents.clone();
@@ -128,7 +128,7 @@ pub async fn rotate_secret(
     req: http::Request<Incoming>,
     agent_id: &str,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(state, conn, req.headers())?;
+    let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, Scope::AgentsAdmin)?;
     find_agent(state, &principal.account, agent_id).await?;
     let directory = state.agents.clone();

@@ -1,6 +1,7 @@
 //! Request handlers, one file per API area.
 
 mod agents;
+mod keys;
 mod ops;
 mod secrets;
 mod tasks;
@@ -51,6 +52,8 @@ pub async fn dispatch(
         Route::ResolveDefinition { project, name } => {
             secrets::resolve(state, conn, req, &project, &name).await
         }
+        Route::ListSigningKeys => keys::list(state, conn, req).await,
+        Route::RotateSigningKey => keys::rotate(state, conn, req).await,
         Route::Metrics => Ok(ops::metrics(state)),
         Route::Healthz => Ok(ops::healthz()),
         Route::Readyz => Ok(ops::readyz(state)),
@@ -58,7 +61,16 @@ pub async fn dispatch(
 }
 
 fn jwks(state: &SharedState) -> Response {
-    let mut response = http::Response::new(full_body(state.jwks.clone()));
+    let set = keygate_auth::JwkSet {
+        keys: state
+            .signing
+            .verifying_keys()
+            .iter()
+            .map(|k| k.to_jwk())
+            .collect(),
+    };
+    let body = serde_json::to_vec(&set).expect("JWK sets serialize");
+    let mut response = http::Response::new(full_body(body));
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

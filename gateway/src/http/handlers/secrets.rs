@@ -28,14 +28,14 @@ struct PutDefinition {
 }
 
 /// Authenticates, checks the scope and the token's project restriction, and names the project.
-fn project_for(
+async fn project_for(
     state: &SharedState,
     conn: &ConnInfo,
     req: &http::Request<Incoming>,
     project: &str,
     scope: Scope,
 ) -> Result<(Principal, ProjectRef), ApiError> {
-    let principal = authenticate(state, conn, req.headers())?;
+    let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, scope)?;
     if !principal.may_access_project(project) {
         return Err(ApiError::forbidden(format!(
@@ -53,7 +53,7 @@ pub async fn put_secret(
     project: &str,
     name: &str,
 ) -> Result<Response, ApiError> {
-    let (principal, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin)?;
+    let (principal, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin).await?;
     let body: PutSecret = read_json(req.into_body(), state.config.http.max_body_bytes).await?;
     let serde_json::Value::String(text) = body.value else {
         return Err(ApiError::bad_request(
@@ -87,7 +87,7 @@ pub async fn get_secret(
     project: &str,
     name: &str,
 ) -> Result<Response, ApiError> {
-    let (_, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin)?;
+    let (_, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin).await?;
     let vault = state.vault.clone();
     let n = name.to_owned();
     let meta = blocking(move || vault.secret_metadata(&project, &n)).await??;
@@ -100,7 +100,7 @@ pub async fn list_secrets(
     req: http::Request<Incoming>,
     project: &str,
 ) -> Result<Response, ApiError> {
-    let (_, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin)?;
+    let (_, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin).await?;
     let page = page(&req)?;
     let vault = state.vault.clone();
     let secrets =
@@ -118,7 +118,7 @@ pub async fn put_definition(
     project: &str,
     name: &str,
 ) -> Result<Response, ApiError> {
-    let (principal, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin)?;
+    let (principal, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin).await?;
     let body: PutDefinition = read_json(req.into_body(), state.config.http.max_body_bytes).await?;
     let provider = body.location.provider();
     let vault = state.vault.clone();
@@ -138,7 +138,7 @@ pub async fn get_definition(
     project: &str,
     name: &str,
 ) -> Result<Response, ApiError> {
-    let (_, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin)?;
+    let (_, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin).await?;
     let vault = state.vault.clone();
     let n = name.to_owned();
     let definition = blocking(move || vault.get_definition(&project, &n)).await??;
@@ -151,7 +151,7 @@ pub async fn list_definitions(
     req: http::Request<Incoming>,
     project: &str,
 ) -> Result<Response, ApiError> {
-    let (_, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin)?;
+    let (_, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin).await?;
     let page = page(&req)?;
     let vault = state.vault.clone();
     let definitions =
@@ -178,20 +178,21 @@ pub async fn resolve(
             .with_label_values(&[label])
             .inc()
     };
-    let (principal, project) = match project_for(state, conn, &req, project, Scope::SecretsRead) {
-        Ok(ok) => ok,
-        Err(e) => {
-            outcome(
-                state,
-                if e.status == StatusCode::FORBIDDEN {
-                    "forbidden"
-                } else {
-                    "unauthorized"
-                },
-            );
-            return Err(e);
-        }
-    };
+    let (principal, project) =
+        match project_for(state, conn, &req, project, Scope::SecretsRead).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                outcome(
+                    state,
+                    if e.status == StatusCode::FORBIDDEN {
+                        "forbidden"
+                    } else {
+                        "unauthorized"
+                    },
+                );
+                return Err(e);
+            }
+        };
     let vault = state.vault.clone();
     let (p, n) = (project.clone(), name.to_owned());
     let resolved = blocking(move || vault.resolve(&p, &n)).await?;

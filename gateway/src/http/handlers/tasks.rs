@@ -44,7 +44,7 @@ pub async fn submit(
     req: http::Request<Incoming>,
     agent_id: &str,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(state, conn, req.headers())?;
+    let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, Scope::TasksWrite)?;
     let body: SubmitTask = read_json(req.into_body(), state.config.http.max_body_bytes).await?;
     validate_kind(&body.kind)?;
@@ -153,7 +153,7 @@ pub async fn get(
     req: http::Request<Incoming>,
     task_id: &str,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(state, conn, req.headers())?;
+    let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, Scope::TasksWrite)?;
     let view = state
         .tasks

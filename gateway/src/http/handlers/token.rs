@@ -127,7 +127,7 @@ pub async fn issue(
     scopes.insert(Scope::AgentSession);
     let lifetime = state.config.auth.agent_token_lifetime_secs;
     let (token, _) = state
-        .issuer
+        .signing
         .issue(&TokenRequest {
             subject: agent.id.clone(),
             account: agent.account.clone(),

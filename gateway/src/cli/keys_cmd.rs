@@ -1,0 +1,121 @@
+//! `keygate keys status|rotate`: token signing key administration through the API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Show the signing keys: pending, active and retired, with their times.
+    Status(ApiArgs),
+    /// Publish a new signing key; it starts signing after `auth.signing_key_publish_delay_secs`.
+    Rotate(ApiArgs),
+}
+
+/// How to reach the API.
+#[derive(Args)]
+pub struct ApiArgs {
+    /// Address of the API listener.
+    #[arg(long, env = "KEYGATE_API_ADDR", default_value = "127.0.0.1:8443")]
+    api: SocketAddr,
+    /// Name the server's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// CA certificate that signed the server's certificate.
+    #[arg(long, default_value = "./keygate-data/tls/ca.pem")]
+    ca: PathBuf,
+    /// File holding a token with the keys:admin scope; KEYGATE_TOKEN takes precedence.
+    #[arg(long, default_value = "./keygate-data/dev-admin.token")]
+    token_file: PathBuf,
+}
+
+pub async fn run(command: KeysCommand) -> i32 {
+    let (args, method, path) = match &command {
+        KeysCommand::Status(args) => (args, http::Method::GET, "/v1/admin/signing-keys"),
+        KeysCommand::Rotate(args) => (args, http::Method::POST, "/v1/admin/signing-keys/rotate"),
+    };
+    let token = match std::env::var("KEYGATE_TOKEN") {
+        Ok(token) => token,
+        Err(_) => match std::fs::read_to_string(&args.token_file) {
+            Ok(token) => token.trim().to_owned(),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot read --token-file {}: {e}; set KEYGATE_TOKEN or --token-file",
+                    args.token_file.display()
+                );
+                return EXIT_USAGE;
+            }
+        },
+    };
+    match call(args, method, path, &token).await {
+        Ok((status, body)) if status.is_success() => {
+            println!("{}", pretty(&body));
+            EXIT_OK
+        }
+        Ok((status, body)) => {
+            eprintln!("error: the server answered {status}: {}", pretty(&body));
+            EXIT_FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+async fn call(
+    args: &ApiArgs,
+    method: http::Method,
+    path: &str,
+    token: &str,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let config = crate::tls::client_config(&args.ca, None, false).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(args.api)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", args.api))?;
+    let name = ServerName::try_from(args.server_name.clone())
+        .map_err(|e| format!("invalid --server-name {:?}: {e}", args.server_name))?;
+    let stream = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {} failed: {e}", args.api))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with {} failed: {e}", args.api))?;
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, args.server_name.as_str())
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("the request failed: {e}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the response failed: {e}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+fn pretty(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
+}

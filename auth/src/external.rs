@@ -19,20 +19,17 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Deserializer};
 
 use crate::claims::{Confirmation, Principal};
 use crate::error::AuthError;
+use crate::jose::{is_plain_identifier, map_jwt_error, read_header, shorten};
 use crate::scope::{Scope, ScopeSet};
 use crate::unix_now;
 
 /// Keys accepted from one JWK set document; a larger document is rejected whole.
 pub const MAX_KEYS_PER_SET: usize = 100;
-
-/// Characters of a foreign value (a `kid`, an `alg`) kept in errors.
-const MAX_SHOWN_CHARS: usize = 80;
 
 /// The checks and permissions that apply to one trusted issuer's tokens.
 #[derive(Clone, Debug)]
@@ -588,74 +585,6 @@ fn optional_numeric_date<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<u64>, D::Error> {
     numeric_date(deserializer).map(Some)
-}
-
-/// The parts of a JOSE header that pick and check the key.
-struct TokenHeader {
-    alg: String,
-    kid: String,
-}
-
-/// Reads the header without trusting it: `alg` and a plain-identifier `kid` are required.
-fn read_header(token: &str) -> Result<TokenHeader, AuthError> {
-    let header_b64 = token
-        .split('.')
-        .next()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| AuthError::Malformed("empty token".into()))?;
-    let header_bytes = URL_SAFE_NO_PAD
-        .decode(header_b64)
-        .map_err(|_| AuthError::Malformed("the header is not base64url".into()))?;
-    let header: serde_json::Value = serde_json::from_slice(&header_bytes)
-        .map_err(|_| AuthError::Malformed("the header is not JSON".into()))?;
-    let alg = header
-        .get("alg")
-        .and_then(|a| a.as_str())
-        .ok_or_else(|| AuthError::Malformed("the header has no `alg`".into()))?;
-    let kid = match header.get("kid") {
-        None => return Err(AuthError::MissingKeyId),
-        Some(serde_json::Value::String(kid)) => kid,
-        Some(other) => return Err(AuthError::InvalidKeyId(shorten(&other.to_string()))),
-    };
-    if !is_plain_identifier(kid) {
-        return Err(AuthError::InvalidKeyId(shorten(kid)));
-    }
-    Ok(TokenHeader {
-        alg: alg.to_owned(),
-        kid: kid.clone(),
-    })
-}
-
-fn is_plain_identifier(text: &str) -> bool {
-    (1..=64).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-fn shorten(text: &str) -> String {
-    text.chars().take(MAX_SHOWN_CHARS).collect()
-}
-
-fn map_jwt_error(kind: &ErrorKind) -> AuthError {
-    match kind {
-        ErrorKind::InvalidSignature => AuthError::InvalidSignature,
-        ErrorKind::ExpiredSignature => AuthError::Expired,
-        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-        ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
-        ErrorKind::InvalidAudience => AuthError::InvalidAudience,
-        ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
-        ErrorKind::Json(e) => {
-            let text = e.to_string();
-            match text.split('`').nth(1) {
-                Some(field) if text.starts_with("missing field") => {
-                    AuthError::MissingClaim(field.to_owned())
-                }
-                _ => AuthError::Malformed(format!("the claims are not valid: {text}")),
-            }
-        }
-        other => AuthError::Malformed(format!("{other:?}")),
-    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod client_secret;
 mod error;
 mod external;
 mod issuer;
+mod jose;
 mod keyring;
 mod keys;
 mod pem;

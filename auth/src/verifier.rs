@@ -3,13 +3,11 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::Validation;
 
 use crate::claims::{Claims, Principal};
 use crate::error::AuthError;
+use crate::jose::{map_jwt_error, read_header, TokenHeader};
 use crate::keys::VerifyingKey;
 use crate::unix_now;
 
@@ -102,39 +100,18 @@ impl TokenVerifier {
     /// Reads the header without trusting it: picks the key by `kid` and checks
     /// that the declared algorithm is that key's one algorithm.
     fn key_for(&self, token: &str) -> Result<VerifyingKey, AuthError> {
-        let header_b64 = token
-            .split('.')
-            .next()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| AuthError::Malformed("empty token".into()))?;
-        let header_bytes = URL_SAFE_NO_PAD
-            .decode(header_b64)
-            .map_err(|_| AuthError::Malformed("the header is not base64url".into()))?;
-        let header: serde_json::Value = serde_json::from_slice(&header_bytes)
-            .map_err(|_| AuthError::Malformed("the header is not JSON".into()))?;
-        let alg = header
-            .get("alg")
-            .and_then(|a| a.as_str())
-            .ok_or_else(|| AuthError::Malformed("the header has no `alg`".into()))?;
-        let kid = match header.get("kid") {
-            None => return Err(AuthError::MissingKeyId),
-            Some(serde_json::Value::String(kid)) => kid,
-            Some(other) => return Err(AuthError::InvalidKeyId(other.to_string())),
-        };
-        if !is_plain_identifier(kid) {
-            return Err(AuthError::InvalidKeyId(kid.chars().take(80).collect()));
-        }
+        let TokenHeader { alg, kid } = read_header(token)?;
         let key = self
             .keys
             .read()
             .expect("verifier keys lock")
-            .get(kid)
+            .get(&kid)
             .cloned()
             .ok_or_else(|| AuthError::UnknownKeyId(kid.clone()))?;
         let expected = format!("{:?}", key.algorithm);
         if alg != expected {
             return Err(AuthError::WrongAlgorithm {
-                kid: kid.clone(),
+                kid,
                 found: alg.chars().take(20).collect(),
                 expected,
             });
@@ -145,34 +122,6 @@ impl TokenVerifier {
 
 fn index(keys: impl IntoIterator<Item = VerifyingKey>) -> HashMap<String, VerifyingKey> {
     keys.into_iter().map(|k| (k.kid.clone(), k)).collect()
-}
-
-fn is_plain_identifier(text: &str) -> bool {
-    (1..=64).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-fn map_jwt_error(kind: &ErrorKind) -> AuthError {
-    match kind {
-        ErrorKind::InvalidSignature => AuthError::InvalidSignature,
-        ErrorKind::ExpiredSignature => AuthError::Expired,
-        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-        ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
-        ErrorKind::InvalidAudience => AuthError::InvalidAudience,
-        ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
-        ErrorKind::Json(e) => {
-            let text = e.to_string();
-            match text.split('`').nth(1) {
-                Some(field) if text.starts_with("missing field") => {
-                    AuthError::MissingClaim(field.to_owned())
-                }
-                _ => AuthError::Malformed(format!("the claims are not valid: {text}")),
-            }
-        }
-        other => AuthError::Malformed(format!("{other:?}")),
-    }
 }
 
 #[cfg(test)]

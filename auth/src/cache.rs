@@ -1,6 +1,6 @@
 //! A cache of verified tokens, so a token presented again skips the signature check.
 //!
-//! Entries are keyed by the SHA-256 of the token, so the cache holds no
+//! Entries are keyed by the SHA-256 of the token, so the cache stores no
 //! token text. Only successful verifications are cached: a token must pass
 //! every check once before it can be served from here. A hit still checks
 //! expiry and the certificate binding against the current request.
@@ -36,7 +36,7 @@ impl CachedVerifier {
         &self.inner
     }
 
-    /// Verifies like [`TokenVerifier::verify`], answering from the cache when it can.
+    /// Verifies like [`TokenVerifier::verify`], returning a cached result when it can.
     pub fn verify(
         &self,
         token: &str,

@@ -19,7 +19,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter of `per_minute` requests per key; 0 turns limiting off.
+    /// Creates a limiter of `per_minute` requests per key; 0 turns limiting off.
     pub fn new(per_minute: u32) -> RateLimiter {
         RateLimiter {
             per_minute,

@@ -44,6 +44,8 @@ pub enum AuthError {
     CertificateBindingRequired,
     #[error("invalid client credentials for client {client_id:?}")]
     InvalidClient { client_id: String },
+    #[error("agent {agent_id} is disabled; an administrator must enable it (POST /v1/agents/{agent_id}/enable)")]
+    AgentDisabled { agent_id: String },
     #[error("the token was revoked: its agent was disabled or its credentials were rotated after it was issued; log in again")]
     Revoked,
     #[error("the token's signing key is not in the cached key set of issuer {issuer:?}, and the latest fetch of that key set failed; retry later")]
@@ -70,6 +72,7 @@ impl AuthError {
             AuthError::CertificateMismatch { .. } => "certificate_mismatch",
             AuthError::CertificateBindingRequired => "certificate_binding_required",
             AuthError::InvalidClient { .. } => "invalid_client",
+            AuthError::AgentDisabled { .. } => "agent_disabled",
             AuthError::Revoked => "revoked",
             AuthError::JwksUnavailable { .. } => "jwks_unavailable",
         }

@@ -33,6 +33,14 @@ pub struct AgentRecord {
     pub projects: Option<Vec<String>>,
 }
 
+/// Which of an agent's secrets a login used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretMatch {
+    Current,
+    /// The secret replaced by the last rotation, still inside its overlap.
+    Previous,
+}
+
 /// A rotated-out client secret that still works during the rotation overlap.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PreviousSecret {
@@ -136,13 +144,14 @@ impl AgentDirectory {
         Ok(agents)
     }
 
-    /// Checks client credentials; every failure is the same `InvalidClient`, so
-    /// a caller cannot tell an unknown id from a wrong secret.
+    /// Checks client credentials. A wrong secret and an unknown id are the
+    /// same `InvalidClient`; `AgentDisabled` is returned only for the right
+    /// secret, so it reveals nothing to a caller without one.
     pub fn authenticate(
         &self,
         client_id: &str,
         client_secret: &str,
-    ) -> Result<AgentRecord, AuthError> {
+    ) -> Result<(AgentRecord, SecretMatch), AuthError> {
         let invalid = || AuthError::InvalidClient {
             client_id: client_id.chars().take(64).collect(),
         };
@@ -154,15 +163,22 @@ impl AgentDirectory {
                 return Err(invalid());
             }
         };
-        let current = record.secret_hash.matches(client_secret);
-        let previous = record
-            .previous_secret
-            .as_ref()
-            .is_some_and(|p| crate::now_ms() < p.valid_until_ms && p.hash.matches(client_secret));
-        if record.disabled || !(current || previous) {
-            return Err(invalid());
+        let matched =
+            if record.secret_hash.matches(client_secret) {
+                SecretMatch::Current
+            } else if record.previous_secret.as_ref().is_some_and(|p| {
+                crate::now_ms() < p.valid_until_ms && p.hash.matches(client_secret)
+            }) {
+                SecretMatch::Previous
+            } else {
+                return Err(invalid());
+            };
+        if record.disabled {
+            return Err(AuthError::AgentDisabled {
+                agent_id: record.id,
+            });
         }
-        Ok(record)
+        Ok((record, matched))
     }
 
     /// Disables or enables an agent. Disabling revokes every token issued so far.
@@ -278,7 +294,7 @@ mod tests {
         let after_first = dir.list("acme", Some(&expected[0]), 10).unwrap();
         assert_eq!(after_first.len(), 1);
 
-        assert_eq!(dir.authenticate(&a1.id, s1.expose()).unwrap().id, a1.id);
+        assert_eq!(dir.authenticate(&a1.id, s1.expose()).unwrap().0.id, a1.id);
         assert!(dir.authenticate(&a2.id, s1.expose()).is_err());
         assert!(dir.authenticate("agt_missing", s1.expose()).is_err());
         let stored = serde_json::to_string(&dir.get(&a1.id).unwrap().unwrap()).unwrap();

@@ -200,7 +200,12 @@ impl TrustedIssuer {
             Err(reason) => {
                 self.fetch_failures.inc();
                 self.verifier.record_fetch_failure();
-                warn!(issuer, jwks_url = %url, trigger, error = %reason, "fetching a trusted issuer's key set failed; keeping the previous keys");
+                let loaded = self.verifier.key_ids().len();
+                if loaded == 0 {
+                    warn!(issuer, jwks_url = %url, trigger, error = %reason, "fetching a trusted issuer's key set failed; no key of this issuer is loaded, so its tokens are rejected");
+                } else {
+                    warn!(issuer, jwks_url = %url, trigger, error = %reason, keys_kept = loaded, "fetching a trusted issuer's key set failed; keeping the previous keys");
+                }
             }
         }
     }

@@ -54,14 +54,22 @@ async fn disabling_closes_session_within_a_second() {
         http::header::CONTENT_TYPE,
         "application/x-www-form-urlencoded".to_owned(),
     )];
-    let (status, _, _) = login
+    let (status, _, body) = login
         .send(Method::POST, "/oauth/token", &headers, form.clone().into())
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("is disabled"),
+        "the agent learns why: {problem}"
+    );
     assert_eq!(
         open_session_status(&server, &creds, &old_token).await,
         StatusCode::FORBIDDEN
     );
+    let (status, body) = server.submit(&creds.id, json!({"kind": "echo"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "urn:keygate:problem:agent-disabled");
 
     let (status, _) = post(&server, &format!("/v1/agents/{}/enable", creds.id)).await;
     assert_eq!(status, StatusCode::OK);
@@ -246,5 +254,58 @@ async fn logins_rate_limited_per_client() {
     assert!(
         metrics.contains(r#"keygate_auth_failures_total{reason="rate_limited"} 1"#),
         "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_charge_the_presented_certificate() {
+    let server = TestServer::start_with(|c| c.auth.token_requests_per_minute = 3).await;
+    let victim = server.create_agent(ACCOUNT).await;
+    let attacker = server.create_agent(ACCOUNT).await;
+    let headers = [(
+        http::header::CONTENT_TYPE,
+        "application/x-www-form-urlencoded".to_owned(),
+    )];
+    // The attacker's certificate with the victim's id: rejected, and charged to the attacker.
+    let with_attacker_cert = keygate_tests::HttpsClient::new(
+        server.agent_addr,
+        &attacker.dir.join("ca.pem"),
+        Some(&attacker.dir),
+    );
+    let forged = format!(
+        "grant_type=client_credentials&client_id={}&client_secret=kgs_guess",
+        victim.id
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (status, _, _) = with_attacker_cert
+            .send(
+                Method::POST,
+                "/oauth/token",
+                &headers,
+                forged.clone().into(),
+            )
+            .await;
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..3], &[StatusCode::UNAUTHORIZED; 3]);
+    assert_eq!(&statuses[3..], &[StatusCode::TOO_MANY_REQUESTS; 2]);
+
+    let with_victim_cert = keygate_tests::HttpsClient::new(
+        server.agent_addr,
+        &victim.dir.join("ca.pem"),
+        Some(&victim.dir),
+    );
+    let good = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}",
+        victim.id, victim.secret
+    );
+    let (status, _, _) = with_victim_cert
+        .send(Method::POST, "/oauth/token", &headers, good.into())
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the victim's own logins are untouched"
     );
 }

@@ -65,13 +65,13 @@ enum Command {
 
 #[derive(Args)]
 struct ListenArgs {
-    /// Address of the agent listener (mTLS, HTTP/2) [default: 127.0.0.1:7443, or listen.agent].
+    /// Address of the agent listener (mTLS, HTTP/2) [default: 127.0.0.1:7443; with serve, listen.agent].
     #[arg(long, env = "KEYGATE_AGENT_ADDR")]
     agent_addr: Option<SocketAddr>,
-    /// Address of the API listener (HTTPS) [default: 127.0.0.1:8443, or listen.api].
+    /// Address of the API listener (HTTPS) [default: 127.0.0.1:8443; with serve, listen.api].
     #[arg(long, env = "KEYGATE_API_ADDR")]
     api_addr: Option<SocketAddr>,
-    /// Address of the ops listener (plain HTTP: /metrics, /healthz, /readyz) [default: 127.0.0.1:9464, or listen.ops].
+    /// Address of the ops listener (plain HTTP: /metrics, /healthz, /readyz) [default: 127.0.0.1:9464; with serve, listen.ops].
     #[arg(long, env = "KEYGATE_OPS_ADDR")]
     ops_addr: Option<SocketAddr>,
 }

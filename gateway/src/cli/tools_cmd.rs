@@ -18,7 +18,7 @@ pub struct TokenIssueArgs {
     /// Account the token acts for.
     #[arg(long)]
     account: String,
-    /// Scopes, comma-separated or repeated: agents:admin, tasks:write, secrets:admin, secrets:read.
+    /// Scopes, comma-separated or repeated: agents:admin, tasks:write, secrets:admin, secrets:read, keys:admin.
     #[arg(long = "scope", required = true, value_delimiter = ',')]
     scopes: Vec<String>,
     /// Restrict the token to these projects (repeatable); without it, every project of the account.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 use hyper::body::Incoming;
 use keygate_auth::{AuthError, ClientIdentity, Principal, Scope};
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use body::Response;
 use problem::ApiError;
@@ -59,6 +59,9 @@ pub async fn handle(
             span.in_scope(|| {
                 if error.status.is_server_error() {
                     warn!(status = error.status.as_u16(), detail = %error.detail, "request failed");
+                } else if matches!(error.status.as_u16(), 401 | 403) {
+                    // Rejected credentials and permissions matter to an SRE; others are the caller's bugs.
+                    info!(status = error.status.as_u16(), client.addr = %conn.peer, detail = %error.detail, "request rejected");
                 } else {
                     debug!(status = error.status.as_u16(), detail = %error.detail, "request rejected");
                 }

@@ -112,11 +112,12 @@ pub async fn set_disabled(
     let record = blocking(move || directory.set_disabled(&id, disabled))
         .await?
         .map_err(|e| ApiError::internal(format!("updating agent {agent_id} failed: {e}")))?;
+    let mut view = agent_view(state, &record);
     if disabled {
-        close_session(state, agent_id);
+        close_session(state, agent_id, &mut view);
     }
     info!(agent.id = %agent_id, account = %record.account, disabled, actor = %principal.subject, "agent updated");
-    Ok(json_response(StatusCode::OK, &agent_view(state, &record)))
+    Ok(json_response(StatusCode::OK, &view))
 }
 
 /// Issues a new client secret. The old one keeps working for the configured
@@ -141,18 +142,21 @@ pub async fn rotate_secret(
                 "rotating the secret of agent {agent_id} failed: {e}"
             ))
         })?;
-    close_session(state, agent_id);
-    info!(agent.id = %agent_id, account = %record.account, actor = %principal.subject, "agent client secret rotated");
     let mut view = agent_view(state, &record);
+    close_session(state, agent_id, &mut view);
+    info!(agent.id = %agent_id, account = %record.account, actor = %principal.subject, "agent client secret rotated");
     view["client_id"] = json!(record.id);
     view["client_secret"] = json!(secret.expose());
     Ok(json_response(StatusCode::OK, &view))
 }
 
-fn close_session(state: &SharedState, agent_id: &str) {
+/// Closes the agent's session, if any, and shows it as closed in `view`.
+fn close_session(state: &SharedState, agent_id: &str, view: &mut serde_json::Value) {
     if let Some(session) = state.sessions.get(agent_id) {
         session.close(GoAwayReason::Unauthorized);
     }
+    view["connected"] = json!(false);
+    view["session"] = serde_json::Value::Null;
 }
 
 /// Looks an agent up for `account`: 404 if it does not exist, 403 if it belongs to another account.

@@ -75,6 +75,21 @@ pub async fn submit(
 
     let agent = find_agent(state, &principal.account, agent_id).await?;
     check_project(&principal, &agent, body.project.as_deref())?;
+    if agent.disabled {
+        state
+            .metrics
+            .tasks
+            .with_label_values(&["agent_disabled"])
+            .inc();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "agent-disabled",
+            format!(
+                "agent {} is disabled; enable it with POST /v1/agents/{}/enable",
+                agent.id, agent.id
+            ),
+        ));
+    }
     let Some(session) = state.sessions.get(&agent.id) else {
         state
             .metrics

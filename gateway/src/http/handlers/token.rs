@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use super::blocking;
+use crate::directory::SecretMatch;
 use crate::http::body::{json_response, read_bytes, Response};
 use crate::http::problem::ApiError;
 use crate::http::ConnInfo;
@@ -86,34 +87,33 @@ pub async fn issue(
         }
     };
 
-    if let Err(wait) = state.login_limiter.check(&client_id) {
+    // Logins are charged to the presented certificate, an identity the TLS
+    // handshake proved, so no client can use up another client's logins.
+    let cert_name = identity.common_name.clone().unwrap_or_default();
+    if let Err(wait) = state.login_limiter.check(&identity.thumbprint) {
         let retry_after = wait.as_secs() + 1;
         state
             .metrics
             .auth_failures
             .with_label_values(&["rate_limited"])
             .inc();
-        warn!(client.id = %client_id.chars().take(64).collect::<String>(), retry_after_s = retry_after, "agent login rate limited");
+        warn!(certificate.name = %cert_name, retry_after_s = retry_after, "agent login rate limited");
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate-limited",
             format!(
-                "too many logins for client {client_id:?}; at most {} per minute; retry in {retry_after} s",
+                "too many logins with the client certificate of {cert_name:?}; at most {} per minute; retry in {retry_after} s",
                 state.config.auth.token_requests_per_minute
             ),
         )
         .with_header(http::header::RETRY_AFTER, &retry_after.to_string()));
     }
-
-    let directory = state.agents.clone();
-    let id = client_id.clone();
-    let checked = blocking(move || directory.authenticate(&id, &secret)).await?;
-    let agent = match checked {
-        Ok(agent) => agent,
-        Err(error) => return Err(reject(state, &client_id, error)),
-    };
-    if identity.common_name.as_deref() != Some(agent.id.as_str()) {
-        warn!(client.id = %agent.id, "login with a client certificate issued to another identity");
+    if cert_name != client_id {
+        warn!(
+            client.id = %client_id.chars().take(64).collect::<String>(),
+            certificate.name = %cert_name,
+            "agent login with a client certificate issued to another identity"
+        );
         return Err(reject(
             state,
             &client_id,
@@ -122,6 +122,18 @@ pub async fn issue(
             },
         ));
     }
+
+    let directory = state.agents.clone();
+    let id = client_id.clone();
+    let checked = blocking(move || directory.authenticate(&id, &secret)).await?;
+    let agent = match checked {
+        Ok((agent, SecretMatch::Current)) => agent,
+        Ok((agent, SecretMatch::Previous)) => {
+            info!(agent.id = %agent.id, "agent logged in with its previous client secret, which works until the rotation overlap ends");
+            agent
+        }
+        Err(error) => return Err(reject(state, &client_id, error)),
+    };
 
     let mut scopes = ScopeSet::default();
     scopes.insert(Scope::AgentSession);
@@ -155,7 +167,7 @@ fn reject(state: &SharedState, client_id: &str, error: AuthError) -> ApiError {
         .auth_failures
         .with_label_values(&[error.reason()])
         .inc();
-    warn!(client.id = %client_id.chars().take(64).collect::<String>(), "agent login rejected: invalid client credentials");
+    warn!(client.id = %client_id.chars().take(64).collect::<String>(), reason = error.reason(), "agent login rejected");
     oauth_error(
         StatusCode::UNAUTHORIZED,
         "invalid_client",

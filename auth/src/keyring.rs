@@ -25,7 +25,7 @@ pub struct ManagedKey {
     pub activates_at: u64,
 }
 
-/// What an operator sees of one key.
+/// Status of one key, as an operator sees it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct KeyStatus {
     pub kid: String,
@@ -65,7 +65,7 @@ struct StoredKey {
 const STORED_FORMAT: u32 = 1;
 
 impl KeyRing {
-    /// A ring holding `key`, signing from `now`.
+    /// Creates a ring with `key`, signing from `now`.
     pub fn with_key(key: SigningKey, now: u64) -> KeyRing {
         KeyRing {
             keys: vec![ManagedKey {
@@ -76,7 +76,7 @@ impl KeyRing {
         }
     }
 
-    /// The key that signs at `now`: the newest one whose `activates_at` has passed.
+    /// Returns the key that signs at `now`: the newest one whose `activates_at` has passed.
     pub fn active(&self, now: u64) -> &ManagedKey {
         self.keys
             .iter()
@@ -85,7 +85,7 @@ impl KeyRing {
             .unwrap_or(&self.keys[0])
     }
 
-    /// Every published key, for verification and the JWK set.
+    /// Returns every published key, for verification and the JWK set.
     pub fn verifying_keys(&self) -> Vec<VerifyingKey> {
         self.keys
             .iter()

@@ -117,7 +117,7 @@ impl SigningKey {
         &self.verifying.kid
     }
 
-    /// The private key as PKCS#8 DER, for sealing by the vault.
+    /// Returns the private key as PKCS#8 DER, for sealing by the vault.
     pub(crate) fn pkcs8(&self) -> &[u8] {
         &self.pkcs8
     }
@@ -159,7 +159,7 @@ pub struct VerifyingKey {
 }
 
 impl VerifyingKey {
-    /// An Ed25519 key; its id is its RFC 7638 JWK thumbprint.
+    /// Builds an Ed25519 key whose id is its RFC 7638 JWK thumbprint.
     pub fn ed25519(public: [u8; 32]) -> Self {
         let x = URL_SAFE_NO_PAD.encode(public);
         // RFC 7638: SHA-256 over the required members in lexicographic order, no spaces.
@@ -199,7 +199,7 @@ impl VerifyingKey {
         DecodingKey::from_ed_der(&self.public)
     }
 
-    /// The key as a JWK, for `/.well-known/jwks.json`.
+    /// Returns the key as a JWK, for `/.well-known/jwks.json`.
     pub fn to_jwk(&self) -> Jwk {
         Jwk {
             kty: "OKP".into(),

@@ -107,7 +107,7 @@ pub struct AuthConfig {
     pub signing_key: Option<PathBuf>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     pub leeway_secs: u64,
-    /// Longest lifetime (`exp - iat`) a presented token may have.
+    /// Maximum lifetime (`exp - iat`) of a presented token.
     pub max_token_lifetime_secs: u64,
     /// Lifetime of the tokens the agent token endpoint issues.
     pub agent_token_lifetime_secs: u64,
@@ -166,7 +166,7 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// Longest `timeout_ms` a task may ask for.
     pub max_task_timeout_ms: u64,
-    /// Longest time a submit call waits for the result before answering 202.
+    /// Maximum time a submit call waits for the result before it returns 202.
     pub max_wait_ms: u64,
     /// Tasks waiting for a free slot on one agent before submissions get 429.
     pub max_queued_tasks_per_agent: usize,

@@ -1,6 +1,6 @@
 //! The agent directory: agent records and their client credentials, in the store.
 //!
-//! Layout in the `agents` column family: `id\0{agent_id}` holds the JSON
+//! Layout in the `agents` column family: `id\0{agent_id}` stores the JSON
 //! record; `acct\0{account}\0{agent_id}` is an empty index entry for listing
 //! an account's agents. Account and agent ids never contain a NUL byte.
 
@@ -33,7 +33,7 @@ pub struct AgentRecord {
     pub projects: Option<Vec<String>>,
 }
 
-/// Which of an agent's secrets a login used.
+/// The agent secret a login matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecretMatch {
     Current,
@@ -144,9 +144,9 @@ impl AgentDirectory {
         Ok(agents)
     }
 
-    /// Checks client credentials. A wrong secret and an unknown id are the
-    /// same `InvalidClient`; `AgentDisabled` is returned only for the right
-    /// secret, so it reveals nothing to a caller without one.
+    /// Checks client credentials. A wrong secret and an unknown id give the
+    /// same `InvalidClient`. `AgentDisabled` comes only with the right secret,
+    /// so it reveals nothing to a caller without one.
     pub fn authenticate(
         &self,
         client_id: &str,
@@ -237,8 +237,8 @@ impl AgentDirectory {
     }
 }
 
-/// The start of the next whole second: tokens carry `iat` in whole seconds, so
-/// a token issued in the current second, before the change, stays revoked.
+/// Returns the start of the next whole second. Tokens carry `iat` in whole
+/// seconds, so a token issued earlier in the current second stays revoked.
 fn next_second() -> u64 {
     crate::now_ms() / 1000 + 1
 }

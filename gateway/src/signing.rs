@@ -11,7 +11,7 @@ use keygate_auth::{
 use keygate_vault::{Vault, VaultError};
 use tracing::{info, warn};
 
-/// Name of the vault system secret that holds the key ring.
+/// Name of the vault system secret that stores the key ring.
 const SYSTEM_SECRET_NAME: &str = "token_signing_keys";
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ impl SigningKeys {
         let ring = match load_ring(&vault)? {
             Some(ring) => {
                 if import_path.exists() {
-                    warn!(path = %import_path.display(), "a token signing key file exists although the vault holds the keys; the file is ignored");
+                    warn!(path = %import_path.display(), "a token signing key file exists although the vault already stores the keys; the file is ignored, delete it");
                 }
                 ring
             }

@@ -112,7 +112,7 @@ pub async fn run_session(
     let mut silence_limit = Duration::from_secs(60);
     let mut last_heard = Instant::now();
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
-    // Refreshing needs protocol version 2 on both sides; Welcome says which version the session speaks.
+    // Refreshing needs protocol version 2 on both sides; Welcome carries the session's version.
     let mut refresh_at: Option<tokio::time::Instant> = None;
 
     let end = loop {

@@ -100,7 +100,7 @@ pub async fn open_session(
     Ok(response)
 }
 
-/// What the session loop knows about its agent and the token that opened it.
+/// Facts the session loop keeps about its agent and the token that opened it.
 struct SessionInfo {
     agent_id: String,
     account: String,
@@ -127,55 +127,8 @@ async fn run_session(
     let max_frame = state.config.gateway.max_frame_bytes;
     let mut decoder = FrameDecoder::new(max_frame);
 
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut body, &mut decoder)).await;
-    let (version, capacity) = match hello {
-        Ok(Ok(Some(Frame::Hello {
-            protocol_version,
-            max_concurrent_tasks,
-            agent_version,
-            instance_id,
-        }))) => {
-            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
-                let message = format!(
-                    "agent speaks protocol version {protocol_version}, this gateway speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
-                );
-                warn!(agent.version = %agent_version, "{message}");
-                send_go_away(&body_tx, GoAwayReason::ProtocolError, &message).await;
-                return;
-            }
-            debug!(agent.version = %agent_version, agent.instance = %instance_id, capacity = max_concurrent_tasks, "hello received");
-            (
-                protocol_version,
-                max_concurrent_tasks.clamp(1, MAX_CAPACITY),
-            )
-        }
-        Ok(Ok(Some(other))) => {
-            let message = format!("the first frame must be hello, got {}", other.name());
-            warn!("{message}");
-            send_go_away(&body_tx, GoAwayReason::ProtocolError, &message).await;
-            return;
-        }
-        Ok(Ok(None)) => {
-            debug!("agent closed the session before hello");
-            return;
-        }
-        Ok(Err(e)) => {
-            warn!(error = %e, "session failed before hello");
-            return;
-        }
-        Err(_) => {
-            warn!(
-                timeout_ms = HELLO_TIMEOUT.as_millis() as u64,
-                "no hello received in time"
-            );
-            send_go_away(
-                &body_tx,
-                GoAwayReason::ProtocolError,
-                "no hello frame received in time",
-            )
-            .await;
-            return;
-        }
+    let Some((version, capacity)) = read_hello(&mut body, &mut decoder, &body_tx).await else {
+        return;
     };
 
     let heartbeat = Duration::from_millis(state.config.gateway.heartbeat_interval_ms);
@@ -313,6 +266,65 @@ async fn run_session(
     }
 }
 
+/// Waits for the agent's `Hello`; returns the session's protocol version and
+/// capacity, or None after answering a bad or missing hello with GoAway.
+async fn read_hello(
+    body: &mut Incoming,
+    decoder: &mut FrameDecoder,
+    body_tx: &mpsc::Sender<Bytes>,
+) -> Option<(u16, u32)> {
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(body, decoder)).await;
+    match hello {
+        Ok(Ok(Some(Frame::Hello {
+            protocol_version,
+            max_concurrent_tasks,
+            agent_version,
+            instance_id,
+        }))) => {
+            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
+                let message = format!(
+                    "agent speaks protocol version {protocol_version}, this gateway speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+                );
+                warn!(agent.version = %agent_version, "{message}");
+                send_go_away(body_tx, GoAwayReason::ProtocolError, &message).await;
+                return None;
+            }
+            debug!(agent.version = %agent_version, agent.instance = %instance_id, capacity = max_concurrent_tasks, "hello received");
+            Some((
+                protocol_version,
+                max_concurrent_tasks.clamp(1, MAX_CAPACITY),
+            ))
+        }
+        Ok(Ok(Some(other))) => {
+            let message = format!("the first frame must be hello, got {}", other.name());
+            warn!("{message}");
+            send_go_away(body_tx, GoAwayReason::ProtocolError, &message).await;
+            None
+        }
+        Ok(Ok(None)) => {
+            debug!("agent closed the session before hello");
+            None
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "session failed before hello");
+            None
+        }
+        Err(_) => {
+            warn!(
+                timeout_ms = HELLO_TIMEOUT.as_millis() as u64,
+                "no hello received in time"
+            );
+            send_go_away(
+                body_tx,
+                GoAwayReason::ProtocolError,
+                "no hello frame received in time",
+            )
+            .await;
+            None
+        }
+    }
+}
+
 /// Checks a token sent in `TokenRefresh`: valid, bound to this connection's
 /// certificate, for this agent, and not revoked. Returns its `exp`.
 fn check_refresh(state: &SharedState, info: &SessionInfo, token: &str) -> Result<u64, AuthError> {
@@ -340,7 +352,7 @@ fn check_refresh(state: &SharedState, info: &SessionInfo, token: &str) -> Result
     }
 }
 
-/// The runtime instant of a Unix time in seconds (now, if it has passed).
+/// Converts a Unix time in seconds to a runtime instant (now, if it has passed).
 fn deadline(unix_secs: u64) -> tokio::time::Instant {
     let remaining = unix_secs.saturating_sub(keygate_auth::unix_now());
     tokio::time::Instant::now() + Duration::from_secs(remaining)

@@ -346,3 +346,51 @@ fn usage_errors_exit_64() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[test]
+fn config_check_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        "[gateway]\nheartbeat_interval_ms = 5\n[http]\nmax_body_bytes = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(keygate_bin())
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("gateway.heartbeat_interval_ms"), "{stderr}");
+    assert!(stderr.contains("http.max_body_bytes"), "{stderr}");
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+
+    let example = Command::new(keygate_bin())
+        .args(["config", "example"])
+        .output()
+        .unwrap();
+    assert!(example.status.success());
+    std::fs::write(&config, &example.stdout).unwrap();
+    let out = Command::new(keygate_bin())
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = Command::new(keygate_bin())
+        .args(["config", "check"])
+        .arg(&config)
+        .env("KEYGATE_GATEWAY_MAX_WAIT_MS", "999999999")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "variables are checked too");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gateway.max_wait_ms"));
+}

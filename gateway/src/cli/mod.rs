@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 64 usage or configuration error (EX_USAGE).
 
 mod agent_cmd;
+mod config_cmd;
 mod keys_cmd;
 mod serve_cmd;
 mod tools_cmd;
@@ -56,6 +57,9 @@ enum Command {
     /// Issue certificates from the development CA.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Check a configuration file or print an example one.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Inspect and rotate the token signing keys of a running server.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
@@ -127,7 +131,9 @@ struct ConfigSource {
 impl ConfigSource {
     fn load(&self) -> Result<Config, String> {
         match (&self.config, &self.data_dir) {
-            (Some(path), _) => Config::load(path).map_err(|e| e.to_string()),
+            (Some(path), _) => {
+                Config::load_with_env(path, std::env::vars()).map_err(|e| e.to_string())
+            }
             (None, dir) => Ok(Config {
                 data_dir: dir
                     .clone()
@@ -175,6 +181,7 @@ pub fn main() -> i32 {
             Command::Certs(CertsCommand::Agent(args)) => tools_cmd::cert_agent(args),
             Command::Agent(args) => agent_cmd::run(args).await,
             Command::Keys(command) => keys_cmd::run(command).await,
+            Command::Config(command) => config_cmd::run(command),
         }
     })
 }

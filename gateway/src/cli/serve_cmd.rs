@@ -63,7 +63,7 @@ pub fn init(args: InitArgs) -> i32 {
 }
 
 pub async fn serve(args: ServeArgs) -> i32 {
-    let mut config = match Config::load(&args.config) {
+    let mut config = match Config::load_with_env(&args.config, std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");

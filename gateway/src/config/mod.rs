@@ -1,5 +1,7 @@
 //! The server's configuration: a TOML file with defaults for every option, and its validation.
 
+pub mod env;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -253,21 +255,54 @@ impl Default for HttpConfig {
     }
 }
 
+/// A commented configuration file with every option at its default.
+pub const EXAMPLE: &str = include_str!("example.toml");
+
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, std::iter::empty())
+    }
+
+    /// Reads a TOML file, applies `KEYGATE_...` variables from `variables`
+    /// (see [`env`]), and validates the result.
+    pub fn load_with_env(
+        path: &Path,
+        variables: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let config = Config::read_with_env(path, variables)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file and applies the variables, without the range checks.
+    pub fn read_with_env(
+        path: &Path,
+        variables: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
-        let config = Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.into(),
-                message,
-            },
-            other => other,
-        })?;
-        Ok(config)
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.into(),
+            message,
+        };
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
+        let applied = env::apply(&mut table, variables);
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                let from = if applied.is_empty() {
+                    String::new()
+                } else {
+                    let names: Vec<String> =
+                        applied.iter().map(|p| env::variable_name(p)).collect();
+                    format!(" (with {} from the environment)", names.join(", "))
+                };
+                parse_error(format!("{e}{from}"))
+            })
     }
 
     /// Parses and validates TOML text.
@@ -280,108 +315,164 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks every option against its rule.
+    /// Checks every option against its rule; returns the first problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.data_dir.as_os_str().is_empty() {
-            return Err(invalid("data_dir", "\"\"", "must be a folder path"));
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
         }
-        check_identifier("auth.issuer", &self.auth.issuer)?;
-        check_identifier("auth.audience", &self.auth.audience)?;
-        check_range("auth.leeway_secs", self.auth.leeway_secs, 0, 600)?;
-        check_range(
-            "auth.client_secret_rotation_overlap_secs",
-            self.auth.client_secret_rotation_overlap_secs,
-            0,
-            30 * 86_400,
-        )?;
-        check_range(
-            "auth.signing_key_publish_delay_secs",
-            self.auth.signing_key_publish_delay_secs,
-            0,
-            86_400,
-        )?;
-        check_range(
-            "auth.token_requests_per_minute",
-            self.auth.token_requests_per_minute as u64,
-            0,
-            1_000_000,
-        )?;
-        check_range(
-            "auth.verified_token_cache_size",
-            self.auth.verified_token_cache_size as u64,
-            0,
-            10_000_000,
-        )?;
-        check_range(
-            "auth.max_token_lifetime_secs",
-            self.auth.max_token_lifetime_secs,
-            60,
-            366 * 86400,
-        )?;
-        check_range(
-            "auth.agent_token_lifetime_secs",
-            self.auth.agent_token_lifetime_secs,
-            5,
-            self.auth.max_token_lifetime_secs,
-        )?;
-        self.validate_trusted_issuers()?;
+    }
+
+    /// Checks every option against its rule and returns every problem found.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        if self.data_dir.as_os_str().is_empty() {
+            problems.push(invalid("data_dir", "\"\"", "must be a folder path"));
+        }
+        problems.extend(check_identifier("auth.issuer", &self.auth.issuer).err());
+        problems.extend(check_identifier("auth.audience", &self.auth.audience).err());
+        problems.extend(check_range("auth.leeway_secs", self.auth.leeway_secs, 0, 600).err());
+        problems.extend(
+            check_range(
+                "auth.client_secret_rotation_overlap_secs",
+                self.auth.client_secret_rotation_overlap_secs,
+                0,
+                30 * 86_400,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "auth.signing_key_publish_delay_secs",
+                self.auth.signing_key_publish_delay_secs,
+                0,
+                86_400,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "auth.token_requests_per_minute",
+                self.auth.token_requests_per_minute as u64,
+                0,
+                1_000_000,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "auth.verified_token_cache_size",
+                self.auth.verified_token_cache_size as u64,
+                0,
+                10_000_000,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "auth.max_token_lifetime_secs",
+                self.auth.max_token_lifetime_secs,
+                60,
+                366 * 86400,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "auth.agent_token_lifetime_secs",
+                self.auth.agent_token_lifetime_secs,
+                5,
+                self.auth.max_token_lifetime_secs,
+            )
+            .err(),
+        );
+        problems.extend(self.validate_trusted_issuers().err());
         let g = &self.gateway;
-        check_range(
-            "gateway.heartbeat_interval_ms",
-            g.heartbeat_interval_ms,
-            100,
-            600_000,
-        )?;
-        check_range(
-            "gateway.max_frame_bytes",
-            g.max_frame_bytes as u64,
-            4096,
-            64 * 1024 * 1024,
-        )?;
-        check_range(
-            "gateway.max_task_timeout_ms",
-            g.max_task_timeout_ms,
-            1,
-            24 * 3600 * 1000,
-        )?;
-        check_range("gateway.max_wait_ms", g.max_wait_ms, 0, 600_000)?;
-        check_range(
-            "gateway.max_queued_tasks_per_agent",
-            g.max_queued_tasks_per_agent as u64,
-            0,
-            1_000_000,
-        )?;
-        check_range(
-            "gateway.finished_task_retention_secs",
-            g.finished_task_retention_secs,
-            1,
-            7 * 86400,
-        )?;
-        check_range(
-            "gateway.tls_handshake_timeout_ms",
-            g.tls_handshake_timeout_ms,
-            100,
-            120_000,
-        )?;
-        check_range(
-            "gateway.max_finished_tasks",
-            g.max_finished_tasks as u64,
-            1,
-            10_000_000,
-        )?;
-        check_range("gateway.shutdown_grace_ms", g.shutdown_grace_ms, 0, 600_000)?;
-        check_range(
-            "tls.reload_check_interval_ms",
-            self.tls.reload_check_interval_ms,
-            100,
-            600_000,
-        )?;
-        check_range(
-            "http.max_body_bytes",
-            self.http.max_body_bytes as u64,
-            1024,
-            64 * 1024 * 1024,
-        )?;
+        problems.extend(
+            check_range(
+                "gateway.heartbeat_interval_ms",
+                g.heartbeat_interval_ms,
+                100,
+                600_000,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "gateway.max_frame_bytes",
+                g.max_frame_bytes as u64,
+                4096,
+                64 * 1024 * 1024,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "gateway.max_task_timeout_ms",
+                g.max_task_timeout_ms,
+                1,
+                24 * 3600 * 1000,
+            )
+            .err(),
+        );
+        problems.extend(check_range("gateway.max_wait_ms", g.max_wait_ms, 0, 600_000).err());
+        problems.extend(
+            check_range(
+                "gateway.max_queued_tasks_per_agent",
+                g.max_queued_tasks_per_agent as u64,
+                0,
+                1_000_000,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "gateway.finished_task_retention_secs",
+                g.finished_task_retention_secs,
+                1,
+                7 * 86400,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "gateway.tls_handshake_timeout_ms",
+                g.tls_handshake_timeout_ms,
+                100,
+                120_000,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "gateway.max_finished_tasks",
+                g.max_finished_tasks as u64,
+                1,
+                10_000_000,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range("gateway.shutdown_grace_ms", g.shutdown_grace_ms, 0, 600_000).err(),
+        );
+        problems.extend(
+            check_range(
+                "tls.reload_check_interval_ms",
+                self.tls.reload_check_interval_ms,
+                100,
+                600_000,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "http.max_body_bytes",
+                self.http.max_body_bytes as u64,
+                1024,
+                64 * 1024 * 1024,
+            )
+            .err(),
+        );
         let addrs = [
             ("listen.agent", self.listen.agent),
             ("listen.api", self.listen.api),
@@ -390,7 +481,7 @@ impl Config {
         for (i, (name, addr)) in addrs.iter().enumerate() {
             for (other, other_addr) in &addrs[i + 1..] {
                 if addr.port() != 0 && addr == other_addr {
-                    return Err(invalid(
+                    problems.push(invalid(
                         name,
                         addr,
                         &format!("is also used by `{other}`; each listener needs its own address"),
@@ -398,7 +489,7 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        problems
     }
 
     /// Checks each `[[auth.trusted_issuers]]` entry.
@@ -586,6 +677,65 @@ fn check_identifier(field: &'static str, value: &str) -> Result<(), ConfigError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn example_is_valid_and_default() {
+        let example = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(format!("{example:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn docs_show_the_example() {
+        let docs =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIG.md"))
+                .unwrap();
+        assert!(
+            docs.contains(EXAMPLE),
+            "docs/CONFIG.md must contain gateway/src/config/example.toml unchanged"
+        );
+    }
+
+    #[test]
+    fn problems_lists_every_rejected_value() {
+        let config: Config =
+            toml::from_str("[gateway]\nheartbeat_interval_ms = 5\nmax_wait_ms = 999999999\n")
+                .unwrap();
+        let fields: Vec<String> = config
+            .problems()
+            .iter()
+            .map(|p| match p {
+                ConfigError::Invalid { field, .. } => field.to_string(),
+                other => other.to_string(),
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            vec!["gateway.heartbeat_interval_ms", "gateway.max_wait_ms"]
+        );
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(&path, "[gateway]\nheartbeat_interval_ms = 10000\n").unwrap();
+        let vars = vec![(
+            "KEYGATE_GATEWAY_HEARTBEAT_INTERVAL_MS".to_owned(),
+            "2500".to_owned(),
+        )];
+        let config = Config::load_with_env(&path, vars).unwrap();
+        assert_eq!(config.gateway.heartbeat_interval_ms, 2500);
+
+        let bad = vec![(
+            "KEYGATE_GATEWAY_HEARTBEAT_INTERVAL_MS".to_owned(),
+            "soon".to_owned(),
+        )];
+        let err = Config::load_with_env(&path, bad).unwrap_err().to_string();
+        assert!(
+            err.contains("KEYGATE_GATEWAY_HEARTBEAT_INTERVAL_MS"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

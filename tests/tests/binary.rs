@@ -264,6 +264,28 @@ async fn newcomer_walkthrough_and_log_scan() {
         .await;
     assert_eq!(status, StatusCode::OK);
 
+    let (status, _, body) = ops
+        .send(Method::GET, "/log-filter", &[], bytes::Bytes::new())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        String::from_utf8_lossy(&body).contains("\"debug\""),
+        "{body:?}"
+    );
+    let new_filter = bytes::Bytes::from_static(b"info,keygate_gateway=debug");
+    let (status, _, _) = ops.send(Method::PUT, "/log-filter", &[], new_filter).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, body) = ops
+        .send(Method::GET, "/log-filter", &[], bytes::Bytes::new())
+        .await;
+    assert!(
+        String::from_utf8_lossy(&body).contains("info,keygate_gateway=debug"),
+        "{body:?}"
+    );
+    let bad_filter = bytes::Bytes::from_static(b"info,[bad");
+    let (status, _, body) = ops.send(Method::PUT, "/log-filter", &[], bad_filter).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:?}");
+
     assert!(stop(&mut agent).success(), "the agent exits 0 on SIGTERM");
     assert!(stop(&mut server).success(), "the server exits 0 on SIGTERM");
 

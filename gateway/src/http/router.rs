@@ -51,6 +51,8 @@ pub enum Route {
     Metrics,
     Healthz,
     Readyz,
+    GetLogFilter,
+    SetLogFilter,
 }
 
 impl Route {
@@ -83,6 +85,7 @@ impl Route {
             Route::Metrics => "/metrics",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
+            Route::GetLogFilter | Route::SetLogFilter => "/log-filter",
         }
     }
 }
@@ -219,6 +222,10 @@ fn candidates(listener: ListenerKind, segs: &[&str]) -> Vec<(Method, Route)> {
         (Ops, ["metrics"]) => vec![(Method::GET, Route::Metrics)],
         (Ops, ["healthz"]) => vec![(Method::GET, Route::Healthz)],
         (Ops, ["readyz"]) => vec![(Method::GET, Route::Readyz)],
+        (Ops, ["log-filter"]) => vec![
+            (Method::GET, Route::GetLogFilter),
+            (Method::PUT, Route::SetLogFilter),
+        ],
         _ => Vec::new(),
     }
 }

@@ -57,6 +57,8 @@ pub async fn dispatch(
         Route::Metrics => Ok(ops::metrics(state)),
         Route::Healthz => Ok(ops::healthz()),
         Route::Readyz => Ok(ops::readyz(state)),
+        Route::GetLogFilter => ops::get_log_filter(),
+        Route::SetLogFilter => ops::set_log_filter(req).await,
     }
 }
 

@@ -3,7 +3,10 @@
 use http::{HeaderValue, StatusCode};
 use serde_json::json;
 
-use crate::http::body::{full_body, json_response, Response};
+use hyper::body::Incoming;
+
+use crate::http::body::{full_body, json_response, read_bytes, Response};
+use crate::http::problem::ApiError;
 use crate::state::SharedState;
 
 pub fn metrics(state: &SharedState) -> Response {
@@ -35,4 +38,29 @@ pub fn readyz(state: &SharedState) -> Response {
             )
         }
     }
+}
+
+/// Returns the log filter in force.
+pub fn get_log_filter() -> Result<Response, ApiError> {
+    let filter = crate::logging::current_filter().ok_or_else(not_installed)?;
+    Ok(json_response(StatusCode::OK, &json!({ "filter": filter })))
+}
+
+/// Replaces the log filter with the request body, e.g. `info,keygate_gateway=debug`.
+pub async fn set_log_filter(req: http::Request<Incoming>) -> Result<Response, ApiError> {
+    let body = read_bytes(req.into_body(), 4096).await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("invalid-input", "the log filter is not UTF-8 text"))?
+        .trim();
+    crate::logging::current_filter().ok_or_else(not_installed)?;
+    crate::logging::set_filter(text).map_err(|e| ApiError::bad_request("invalid-input", e))?;
+    Ok(json_response(StatusCode::OK, &json!({ "filter": text })))
+}
+
+fn not_installed() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "logging-not-installed",
+        "this process did not install keygate's logger, so its filter cannot be read or changed",
+    )
 }

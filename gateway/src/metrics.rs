@@ -15,6 +15,7 @@ pub struct Metrics {
     pub secret_resolutions: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub http_requests: IntCounterVec,
+    pub signing_key_age: IntGauge,
 }
 
 impl Metrics {
@@ -60,6 +61,11 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let signing_key_age = IntGauge::new(
+            "keygate_auth_signing_key_age_seconds",
+            "Seconds since the token signing key in use started signing.",
+        )
+        .expect("valid metric");
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "keygate_http_requests_total",
@@ -75,6 +81,7 @@ impl Metrics {
             Box::new(secret_resolutions.clone()),
             Box::new(auth_failures.clone()),
             Box::new(http_requests.clone()),
+            Box::new(signing_key_age.clone()),
         ] {
             registry
                 .register(collector)
@@ -88,6 +95,7 @@ impl Metrics {
             secret_resolutions,
             auth_failures,
             http_requests,
+            signing_key_age,
         }
     }
 

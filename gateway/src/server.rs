@@ -229,6 +229,7 @@ async fn sweep_finished_tasks(state: SharedState, mut shutdown: watch::Receiver<
                 if removed > 0 {
                     debug!(removed, "expired finished tasks");
                 }
+                state.metrics.signing_key_age.set(state.signing.active_key_age_secs() as i64);
                 match state.signing.prune() {
                     Ok(true) => state.sync_verifier_keys(),
                     Ok(false) => {}

@@ -98,6 +98,18 @@ impl SigningKeys {
         .issue(request)
     }
 
+    /// Seconds since the key in use started signing.
+    pub fn active_key_age_secs(&self) -> u64 {
+        let now = unix_now();
+        now.saturating_sub(
+            self.ring
+                .read()
+                .expect("key ring lock")
+                .active(now)
+                .activates_at,
+        )
+    }
+
     pub fn active_key(&self) -> Arc<SigningKey> {
         self.ring
             .read()

@@ -37,6 +37,7 @@ async fn metrics_health_and_bounded_labels() {
         "keygate_gateway_agent_sessions 1",
         r#"keygate_gateway_tasks_total{outcome="succeeded"} 1"#,
         "keygate_gateway_relay_duration_seconds_count 1",
+        "keygate_auth_signing_key_age_seconds ",
         r#"keygate_http_requests_total{listener="api",route="/v1/agents/{agent_id}/tasks",status="200"} 1"#,
         r#"keygate_http_requests_total{listener="api",route="/v1/projects/{project}/secrets/{name}",status="201"} 1"#,
     ] {

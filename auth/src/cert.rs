@@ -11,7 +11,7 @@ pub fn certificate_thumbprint(der: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
 }
 
-/// What keygate reads from a verified client certificate.
+/// Identity keygate reads from a verified client certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientIdentity {
     pub thumbprint: String,

@@ -11,7 +11,7 @@ use crate::keys::SigningKey;
 use crate::scope::ScopeSet;
 use crate::unix_now;
 
-/// What a new token says.
+/// Contents of a new token.
 #[derive(Clone, Debug)]
 pub struct TokenRequest {
     pub subject: String,

@@ -78,7 +78,7 @@ impl ScopeSet {
     }
 
     /// Parses a space-separated scope string. Unknown scopes are ignored, so a
-    /// token minted for a newer server still works with the scopes this one knows.
+    /// token minted for a newer server still works with the scopes this one supports.
     pub fn from_claim(text: &str) -> ScopeSet {
         let mut set = ScopeSet::default();
         for scope in text.split_ascii_whitespace().filter_map(Scope::parse) {
@@ -109,7 +109,7 @@ impl ScopeSet {
         Scope::ALL.into_iter().filter(|s| self.contains(*s))
     }
 
-    /// The space-separated form used in the `scope` claim.
+    /// Returns the space-separated form used in the `scope` claim.
     pub fn to_claim(&self) -> String {
         self.iter().map(Scope::as_str).collect::<Vec<_>>().join(" ")
     }

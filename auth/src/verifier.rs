@@ -37,7 +37,7 @@ impl TokenVerifier {
         }
     }
 
-    /// The keys tokens may be signed with.
+    /// Returns the keys tokens may be signed with.
     pub fn keys(&self) -> Vec<VerifyingKey> {
         self.keys
             .read()

@@ -27,7 +27,7 @@ fn every_corpus_file_passes_token_checks() {
 #[test]
 fn seeds_reach_the_accept_path() {
     // Each seed is a valid token in this process, so the checks on accepted
-    // tokens run; a corpus replayed in another process sees other keys.
+    // tokens run; a corpus replayed in another process meets other keys.
     for (i, seed) in token_checks::seeds().iter().enumerate() {
         assert!(
             token_checks::check_token_input(seed),

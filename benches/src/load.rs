@@ -1,4 +1,4 @@
-//! A closed loop: each worker sends one request, waits for the answer, repeats.
+//! A closed loop: each worker sends one request, waits for the response, repeats.
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ impl Report {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
-    /// The `p`th percentile latency in milliseconds (nearest rank), 0 with no samples.
+    /// Returns the `p`th percentile latency in milliseconds (nearest rank), 0 with no samples.
     pub fn percentile_ms(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
             return 0.0;

@@ -85,7 +85,7 @@ pub fn check_token_input(data: &[u8]) -> bool {
     accepted
 }
 
-/// An accepted token has the trusted key's id and algorithm in its header
+/// Checks that an accepted token has the trusted key's id and algorithm in its header
 /// and the required issuer, audience and a live expiry in its claims.
 fn check_accepted(f: &Fixture, token: &str, principal: &str) {
     let mut parts = token.split('.');

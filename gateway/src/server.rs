@@ -28,7 +28,7 @@ use crate::tls::reload::TlsReloader;
 use crate::tls::{ServerTlsFiles, TlsError};
 use crate::trusted_issuers::{TrustedIssuerError, TrustedIssuers};
 
-/// Why the server could not start.
+/// Reason the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open the store: {0}")]

@@ -32,7 +32,7 @@ pub struct AppState {
 
 impl AppState {
     /// Makes the verifier trust exactly the published signing keys, and
-    /// forgets cached tokens in case a key was dropped.
+    /// clears cached tokens in case a key was dropped.
     pub fn sync_verifier_keys(&self) {
         self.verifier
             .inner()

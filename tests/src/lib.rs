@@ -254,7 +254,7 @@ pub struct HttpsClient {
 }
 
 impl HttpsClient {
-    /// A client trusting `ca`, optionally with a client certificate (`client.pem`, `client-key.pem` in a folder).
+    /// Creates a client trusting `ca`, optionally with a client certificate (`client.pem`, `client-key.pem` in a folder).
     pub fn new(addr: SocketAddr, ca: &Path, client_dir: Option<&Path>) -> HttpsClient {
         let cert_paths = client_dir.map(|d| (d.join("client.pem"), d.join("client-key.pem")));
         let identity = cert_paths.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
@@ -477,7 +477,7 @@ impl JwksServer {
         self.set_answer(StatusCode::OK, Bytes::from(document.to_string()));
     }
 
-    /// Answers every request with `status` and `body` from now on.
+    /// Serves `status` and `body` to every request from now on.
     pub fn set_answer(&self, status: StatusCode, body: Bytes) {
         *self.shared.answer.lock().expect("answer lock") = (status, body);
     }

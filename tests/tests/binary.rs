@@ -12,7 +12,7 @@ use http::{Method, StatusCode};
 use keygate_tests::HttpsClient;
 use serde_json::json;
 
-/// The `keygate` binary next to this test's deps folder (built by `scripts/test.sh`), or `KEYGATE_BIN`.
+/// Returns the `keygate` binary next to this test's deps folder (built by `scripts/test.sh`), or `KEYGATE_BIN`.
 fn keygate_bin() -> PathBuf {
     if let Ok(path) = std::env::var("KEYGATE_BIN") {
         return PathBuf::from(path);

@@ -87,7 +87,7 @@ async fn send(tx: &mpsc::Sender<bytes::Bytes>, frame: Frame) {
     tx.send(buf.freeze()).await.unwrap();
 }
 
-/// Reads frames, answering pings, until one that is not a ping arrives (at most `limit`).
+/// Reads frames, replying to pings, until one that is not a ping arrives (at most `limit`).
 async fn next_non_ping(
     tx: &mpsc::Sender<bytes::Bytes>,
     body: &mut hyper::body::Incoming,

@@ -110,7 +110,7 @@ async fn runner_access_rules() {
     assert_eq!(status, StatusCode::NOT_FOUND, "unknown name: {body}");
     assert_eq!(body["type"], "urn:keygate:problem:not-found");
 
-    // A token of another account sees none of this account's projects.
+    // A token of another account reaches none of this account's projects.
     let stranger = server.token("globex", &["secrets:read"], None);
     let (status, _, _) = api
         .request(

@@ -53,7 +53,7 @@ impl RawSession {
         .await;
     }
 
-    /// The next frame from the gateway, or None when the stream ends; fails after 5 s.
+    /// Returns the next frame from the gateway, or None when the stream ends; fails after 5 s.
     async fn next(&mut self) -> Option<Frame> {
         tokio::time::timeout(Duration::from_secs(5), async {
             loop {

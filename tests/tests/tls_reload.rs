@@ -288,7 +288,7 @@ async fn changed_files_reload_by_polling() {
     assert_eq!(metric_value(&metrics, SUCCESSES), Some(1.0), "{metrics}");
 }
 
-/// The `keygate` binary next to this test's deps folder, or `KEYGATE_BIN`.
+/// Returns the `keygate` binary next to this test's deps folder, or `KEYGATE_BIN`.
 fn keygate_bin() -> PathBuf {
     if let Ok(path) = std::env::var("KEYGATE_BIN") {
         return PathBuf::from(path);

@@ -62,7 +62,7 @@ pub async fn run(command: KeysCommand) -> i32 {
             EXIT_OK
         }
         Ok((status, body)) => {
-            eprintln!("error: the server answered {status}: {}", pretty(&body));
+            eprintln!("error: the server responded {status}: {}", pretty(&body));
             EXIT_FAILURE
         }
         Err(e) => {

@@ -55,7 +55,7 @@ pub struct TaskView {
     /// The agent's JSON result, for succeeded tasks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
-    /// What went wrong, for failed, timed-out and disconnected tasks.
+    /// Error message, for failed, timed-out and disconnected tasks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -127,7 +127,7 @@ impl TaskTable {
         }
     }
 
-    /// The task's current view, if it exists and belongs to `account`.
+    /// Returns the task's current view, if it exists and belongs to `account`.
     pub fn get(&self, account: &str, task_id: &str) -> Option<TaskView> {
         let inner = self.inner.lock().expect("task table lock");
         let entry = inner

@@ -267,7 +267,7 @@ async fn run_session(
 }
 
 /// Waits for the agent's `Hello`; returns the session's protocol version and
-/// capacity, or None after answering a bad or missing hello with GoAway.
+/// capacity, or None after sending GoAway for a bad or missing hello.
 async fn read_hello(
     body: &mut Incoming,
     decoder: &mut FrameDecoder,

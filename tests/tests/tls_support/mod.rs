@@ -36,7 +36,7 @@ pub enum Verdict {
     Rejected(AlertDescription),
 }
 
-/// The development CA of the data folder `config` names; creates the folder's TLS files if missing.
+/// Returns the development CA of the data folder `config` names, creating the folder's TLS files if missing.
 pub fn dev_ca(config: &Config) -> DevCa {
     keygate_gateway::devinit::ensure_material(config).expect("dev material");
     let (ca, _) = DevCa::load_or_create(&config.data_dir.join("tls")).expect("dev CA");
@@ -97,7 +97,7 @@ pub async fn tls_connect(
         .await
 }
 
-/// The alert the server sent, if `error` is rustls's report of one.
+/// Returns the alert the server sent, if `error` is rustls's report of one.
 pub fn alert_of(error: &std::io::Error) -> Option<AlertDescription> {
     match error.get_ref()?.downcast_ref::<rustls::Error>()? {
         rustls::Error::AlertReceived(alert) => Some(*alert),
@@ -144,7 +144,7 @@ pub async fn present_certificate(
     Verdict::Accepted
 }
 
-/// The leaf certificate a new connection to `addr` is served, with the client certificate in `client_dir` if given.
+/// Returns the leaf certificate served to a new connection to `addr`, with the client certificate in `client_dir` if given.
 pub async fn served_certificate(
     addr: SocketAddr,
     ca: &Path,

@@ -65,7 +65,7 @@ impl RocksStore {
     }
 
     /// Opens an existing database for reading only, without taking its lock,
-    /// so a command can read while the server runs. It sees the data as of
+    /// so a command can read while the server runs. It reads the data as of
     /// opening, and every write fails.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         let options = column_family_options();

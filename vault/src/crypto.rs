@@ -16,8 +16,9 @@ const TAG_LEN: usize = 16;
 /// Format byte, key version and nonce.
 const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
 
-/// Key version written into data-key records, which the one master key seals.
-pub(crate) const MASTER_KEY_VERSION: u32 = 0;
+/// Version of the first master key of a store. Data-key records carry the
+/// version of the master key that sealed them, and each rotation adds one.
+pub(crate) const FIRST_MASTER_KEY_VERSION: u32 = 0;
 
 /// An AES-256-GCM key ready for use. The `aes` crate zeroizes its expanded key
 /// on drop because this crate enables its `zeroize` feature.
@@ -76,7 +77,7 @@ impl AeadKey {
 /// A parsed sealed record, borrowing from the stored bytes.
 pub(crate) struct SealedRecord<'a> {
     /// Version of the key that sealed the record: the data-key version for
-    /// secret values, [`MASTER_KEY_VERSION`] for data keys.
+    /// secret values, the master-key version for data keys and system secrets.
     pub(crate) key_version: u32,
     nonce: [u8; NONCE_LEN],
     ciphertext: &'a [u8],

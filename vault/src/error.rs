@@ -51,6 +51,36 @@ pub enum VaultError {
         latest: u32,
     },
 
+    #[error("version {version} of secret {name:?} in project {project} is deleted (at {deleted_at_ms} ms since the Unix epoch); undelete it or read another version")]
+    VersionDeleted {
+        project: ProjectRef,
+        name: String,
+        version: u32,
+        deleted_at_ms: u64,
+    },
+
+    #[error("version {version} of secret {name:?} in project {project} is destroyed; its value is gone for good")]
+    VersionDestroyed {
+        project: ProjectRef,
+        name: String,
+        version: u32,
+    },
+
+    #[error("check-and-set failed for secret {name:?} in project {project}: the write expected current version {expected}{}, but the current version is {current}{}; read the secret again and retry with cas={current}", if *expected == 0 { " (a new secret)" } else { "" }, if *current == 0 { " (it does not exist)" } else { "" })]
+    CasMismatch {
+        project: ProjectRef,
+        name: String,
+        expected: u32,
+        current: u32,
+    },
+
+    #[error("invalid {field} {}: {reason}", shown(value))]
+    InvalidSetting {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+
     #[error("secret definition {name:?} not found in project {project}")]
     DefinitionNotFound { project: ProjectRef, name: String },
 
@@ -110,6 +140,9 @@ pub enum ErrorKind {
     NotFound,
     /// The request is valid but needs a feature that keygate does not have yet.
     NotSupported,
+    /// The request conflicts with the current state, such as a check-and-set
+    /// mismatch; nothing was changed.
+    Conflict,
     /// Storage failed, stored data is unreadable, or the keys are wrong.
     Internal,
 }
@@ -123,9 +156,13 @@ impl VaultError {
             | VaultError::InvalidProject { .. }
             | VaultError::InvalidLocation { .. }
             | VaultError::ValueTooLarge { .. }
+            | VaultError::InvalidSetting { .. }
             | VaultError::ValueNotJsonObject { .. } => ErrorKind::InvalidInput,
+            VaultError::CasMismatch { .. } => ErrorKind::Conflict,
             VaultError::SecretNotFound { .. }
             | VaultError::VersionNotFound { .. }
+            | VaultError::VersionDeleted { .. }
+            | VaultError::VersionDestroyed { .. }
             | VaultError::DefinitionNotFound { .. }
             | VaultError::JsonKeyNotFound { .. } => ErrorKind::NotFound,
             VaultError::ProviderNotSupported { .. } => ErrorKind::NotSupported,

@@ -16,16 +16,33 @@
 //!
 //! | column family | key | value |
 //! |---|---|---|
-//! | `data_keys` | `P` version | sealed record of the project's 32-byte data key, key version 0, sealed by the master key |
-//! | `secrets` | `P` `lp(name)` version | sealed record of one version of a secret value, key version = the data-key version that sealed it |
-//! | `secret_meta` | `P` name | JSON `{"name", "version", "created_at_ms", "updated_at_ms"}`, where `version` is the latest version; not encrypted |
+//! | `data_keys` | `P` version | sealed record of the project's 32-byte data key; key version = the master-key version that sealed it |
+//! | `secrets` | `P` `lp(name)` version | sealed record of one version of a secret value; key version = the data-key version that sealed it. Absent once the version is destroyed or purged |
+//! | `secret_meta` | `P` name | JSON of a `SecretMetadata`: current and oldest version, times, `max_versions`, custom metadata, and each kept version's state; not encrypted |
 //! | `definitions` | `P` name | JSON of a `SecretDefinition`: name, location, created and updated times; not encrypted |
-//! | `meta` | `master_key_check` | sealed record of an empty plaintext, key version 0, sealed by the master key |
+//! | `meta` | `master_key_check` | sealed record of an empty plaintext; key version = the master-key version in use |
+//! | `meta` | `data_key_state/` `P` | JSON `{"current_version", "encryptions"}`: the data key that seals new values and how many it has sealed |
+//! | `meta` | `system/` name | sealed record of a server secret such as the token signing keys; key version = master-key version |
+//! | `meta` | `reencrypt_progress` | JSON of a `ReencryptProgress`: the re-encryption job's cursor and counts |
+//! | `meta` | `audit_head` | JSON `{"seq", "hash"}` of the last audit record, written in the same batch as the records |
+//! | `audit` | sequence number, u64 big-endian | JSON of one audit record (see below); not encrypted |
 //! | `agents` | written by the gateway, not by this crate | |
 //!
 //! Secret and definition names, account and project ids, and the locations in
 //! definitions are stored in plain text. Secret values and data keys are
 //! stored only inside sealed records.
+//!
+//! # Audit records
+//!
+//! One JSON object per vault access, with the fields `seq` (from 1, without
+//! gaps), `time_ms`, `request_id`, `actor`, `account`, `project`, `secret`,
+//! `version`, `operation`, `outcome`, `details` (left out when empty),
+//! `prev_hash` and `hash`. It never contains a secret value. `hash` is the
+//! hex SHA-256 of the 32 bytes of `prev_hash` followed by the canonical bytes
+//! that [`crate::audit::AuditRecord::canonical_bytes`] describes, and record
+//! 1 links to 32 zero bytes. The optional JSON-lines file contains the same
+//! objects, one per line. The system secret `audit_hmac_key` is the 32-byte
+//! key of the HMACs that records carry in place of sensitive strings.
 //!
 //! # Sealed records
 //!
@@ -77,6 +94,23 @@ pub(crate) fn data_key_key(project: &ProjectRef, version: u32) -> Vec<u8> {
     key
 }
 
+/// Key in `meta` of a project's data-key state (current version and its
+/// encryption count).
+pub(crate) fn data_key_state_key(project: &ProjectRef) -> Vec<u8> {
+    let mut key = DATA_KEY_STATE_PREFIX.to_vec();
+    key.extend_from_slice(&project_prefix(project));
+    key
+}
+
+/// Prefix of the data-key state records in `meta`.
+pub(crate) const DATA_KEY_STATE_PREFIX: &[u8] = b"data_key_state/";
+
+/// Prefix of the sealed system secrets in `meta`.
+pub(crate) const SYSTEM_SECRET_PREFIX: &[u8] = b"system/";
+
+/// Key in `meta` of the re-encryption job's progress.
+pub(crate) const REENCRYPT_PROGRESS_KEY: &[u8] = b"reencrypt_progress";
+
 /// Key in `secrets` of one version of a secret value.
 pub(crate) fn secret_key(project: &ProjectRef, name: &str, version: u32) -> Vec<u8> {
     let mut key = project_prefix(project);
@@ -118,6 +152,20 @@ pub(crate) fn split_data_key_key(key: &[u8]) -> Option<(String, String, u32)> {
     let account = String::from_utf8(account.to_vec()).ok()?;
     let project = String::from_utf8(project.to_vec()).ok()?;
     Some((account, project, version))
+}
+
+/// Splits a `secrets` key into account, project, name and version, or
+/// returns `None` if the key does not have that layout.
+pub(crate) fn split_secret_key(key: &[u8]) -> Option<(ProjectRef, String, u32)> {
+    let (account, rest) = take_component(key)?;
+    let (project, rest) = take_component(rest)?;
+    let (name, rest) = take_component(rest)?;
+    let version = u32::from_be_bytes(rest.try_into().ok()?);
+    let project = ProjectRef {
+        account: String::from_utf8(account.to_vec()).ok()?,
+        project: String::from_utf8(project.to_vec()).ok()?,
+    };
+    Some((project, String::from_utf8(name.to_vec()).ok()?, version))
 }
 
 /// Splits one length-prefixed component off the front of `bytes`.

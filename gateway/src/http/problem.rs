@@ -125,18 +125,59 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 507 `storage-full` when the store's file system has no space left, 503
+    /// `storage-read-only` when it is read-only, `None` for other store errors.
+    /// The detail names the folder and what to do; stored data stays readable
+    /// in both cases.
+    pub fn from_storage_condition(error: &keygate_vault::StoreError) -> Option<ApiError> {
+        use keygate_vault::StoreError;
+        let (status, problem) = match error {
+            StoreError::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "storage-full"),
+            StoreError::ReadOnly { .. } => (StatusCode::SERVICE_UNAVAILABLE, "storage-read-only"),
+            _ => return None,
+        };
+        tracing::error!(error = %error, "store write failed");
+        Some(ApiError::new(status, problem, error.to_string()))
+    }
+}
+
 impl From<keygate_vault::VaultError> for ApiError {
     fn from(error: keygate_vault::VaultError) -> ApiError {
         use keygate_vault::ErrorKind;
-        let (status, problem) = match error.kind() {
-            ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, "invalid-input"),
-            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not-found"),
-            ErrorKind::NotSupported => (StatusCode::NOT_IMPLEMENTED, "not-supported"),
-            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        if let keygate_vault::VaultError::Store(store) = &error {
+            if let Some(api) = ApiError::from_storage_condition(store) {
+                return api;
+            }
+        }
+        let (status, problem) = match (&error, error.kind()) {
+            (keygate_vault::VaultError::VersionDeleted { .. }, _) => {
+                (StatusCode::NOT_FOUND, "version-deleted")
+            }
+            (keygate_vault::VaultError::VersionDestroyed { .. }, _) => {
+                (StatusCode::GONE, "version-destroyed")
+            }
+            (_, ErrorKind::Conflict) => (StatusCode::CONFLICT, "conflict"),
+            (_, ErrorKind::InvalidInput) => (StatusCode::BAD_REQUEST, "invalid-input"),
+            (_, ErrorKind::NotFound) => (StatusCode::NOT_FOUND, "not-found"),
+            (_, ErrorKind::NotSupported) => (StatusCode::NOT_IMPLEMENTED, "not-supported"),
+            (_, ErrorKind::Internal) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %error, "vault operation failed");
         }
         ApiError::new(status, problem, error.to_string())
+    }
+}
+
+impl From<crate::vault_slot::Sealed> for ApiError {
+    /// 503 `vault-sealed`: the master key is not available yet, so nothing
+    /// stored under it can be read or written. The detail gives the cause.
+    fn from(sealed: crate::vault_slot::Sealed) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "vault-sealed",
+            sealed.to_string(),
+        )
     }
 }

@@ -1,17 +1,20 @@
-//! Per-project data keys: creation on a project's first write, decryption under
-//! the master key, and an in-memory cache of decrypted keys.
+//! Per-project data keys: creation on a project's first write, rotation on
+//! request and after a bounded number of encryptions, decryption under the
+//! master key, and an in-memory cache of decrypted keys.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::crypto::{self, AeadKey, SealedRecord, MASTER_KEY_VERSION};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, AeadKey, SealedRecord};
 use crate::error::VaultError;
 use crate::ids::ProjectRef;
 use crate::keys::KEY_LEN;
 use crate::layout;
 use crate::store::{Space, WriteBatch};
 
-use super::Vault;
+use super::{DataKeyInfo, DataKeyStatus, Vault};
 
 /// Maximum number of decrypted data keys kept in memory. When the cache is
 /// full it is emptied, which costs one decryption per project afterwards.
@@ -43,6 +46,23 @@ impl DataKeyCache {
         }
         entries.insert(store_key, key);
     }
+
+    /// Drops every cached key of one project.
+    pub(super) fn remove_project(&self, prefix: &[u8]) {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        entries.retain(|store_key, _| !store_key.starts_with(prefix));
+    }
+}
+
+/// The stored state of a project's data keys: which version seals new
+/// values, and how many encryptions it has done.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct DataKeyState {
+    pub(super) current_version: u32,
+    pub(super) encryptions: u64,
 }
 
 /// The data key that seals new values of a project.
@@ -64,33 +84,128 @@ impl WriteKey {
 }
 
 impl Vault {
-    /// Returns the project's latest data key. If the project has none, creates
-    /// version 1 and adds its sealed record to `batch`.
+    /// Returns the data key that seals `encryptions` new values of a project,
+    /// and adds the updated key state to `batch`. The project's first write
+    /// creates version 1; a key that would pass the vault's maximum number of
+    /// encryptions is replaced by a new version first.
     ///
-    /// The caller must hold the write lock, so that a project gets one key.
+    /// The caller must hold the write lock, so that versions and counts are
+    /// assigned once.
     pub(super) fn data_key_for_write(
         &self,
         project: &ProjectRef,
         batch: &mut WriteBatch,
+        encryptions: u64,
     ) -> Result<WriteKey, VaultError> {
-        if let Some(version) = self.latest_data_key_version(project)? {
-            let key = self.data_key(project, version)?;
+        let state = self.data_key_state(project)?;
+        let max = self.options.data_key_max_encryptions;
+        if let Some(state) =
+            state.filter(|state| state.encryptions.saturating_add(encryptions) <= max)
+        {
+            let key = self.data_key(project, state.current_version)?;
+            self.put_data_key_state(
+                project,
+                batch,
+                DataKeyState {
+                    current_version: state.current_version,
+                    encryptions: state.encryptions + encryptions,
+                },
+            );
             return Ok(WriteKey {
-                version,
+                version: state.current_version,
                 key,
                 created: None,
             });
         }
 
-        let version = 1;
+        let version = match state {
+            None => 1,
+            Some(state) => {
+                tracing::info!(
+                    account = %project.account,
+                    project = %project.project,
+                    data_key.version = state.current_version,
+                    data_key.encryptions = state.encryptions,
+                    "data key reached its maximum number of encryptions; rotating it"
+                );
+                next_version(project, state.current_version)?
+            }
+        };
+        self.create_data_key(project, batch, version, encryptions)
+    }
+
+    /// Makes a new data-key version the one that seals new values of a
+    /// project. Values sealed by older versions stay readable.
+    pub fn rotate_data_key(&self, project: &ProjectRef) -> Result<DataKeyStatus, VaultError> {
+        project.validate()?;
+        let _guard = self.lock_writes();
+        let version = match self.data_key_state(project)? {
+            None => 1,
+            Some(state) => next_version(project, state.current_version)?,
+        };
+        let mut batch = WriteBatch::default();
+        let write_key = self.create_data_key(project, &mut batch, version, 0)?;
+        self.store.write(batch)?;
+        write_key.cache_if_created(self);
+        tracing::info!(
+            account = %project.account,
+            project = %project.project,
+            data_key.version = version,
+            "rotated data key"
+        );
+        self.data_key_status_locked(project)
+    }
+
+    /// Lists a project's data-key versions and the use of the current one.
+    pub fn data_key_status(&self, project: &ProjectRef) -> Result<DataKeyStatus, VaultError> {
+        project.validate()?;
+        self.data_key_status_locked(project)
+    }
+
+    fn data_key_status_locked(&self, project: &ProjectRef) -> Result<DataKeyStatus, VaultError> {
+        let state = self.data_key_state(project)?.unwrap_or_default();
+        let versions = self
+            .data_key_versions(project)?
+            .into_iter()
+            .map(|version| DataKeyInfo {
+                version,
+                current: version == state.current_version,
+            })
+            .collect();
+        Ok(DataKeyStatus {
+            versions,
+            current_version: state.current_version,
+            current_encryptions: state.encryptions,
+            max_encryptions: self.options.data_key_max_encryptions,
+        })
+    }
+
+    /// Generates data-key `version`, seals it under the master key into
+    /// `batch`, and makes it current with `encryptions` counted.
+    fn create_data_key(
+        &self,
+        project: &ProjectRef,
+        batch: &mut WriteBatch,
+        version: u32,
+        encryptions: u64,
+    ) -> Result<WriteKey, VaultError> {
         let plaintext = crypto::generate_data_key();
-        let record = self.master.seal(
-            MASTER_KEY_VERSION,
+        let (master, master_version) = self.master_state();
+        let record = master.seal(
+            master_version,
             &plaintext[..],
             &crypto::data_key_aad(project, version),
         );
         let store_key = layout::data_key_key(project, version);
         batch.put(Space::DataKeys, store_key.clone(), record);
+        self.put_data_key_state(
+            project,
+            batch,
+            DataKeyState {
+                current_version: version,
+                encryptions,
+            },
+        );
         tracing::debug!(
             account = %project.account,
             project = %project.project,
@@ -102,6 +217,43 @@ impl Vault {
             key: Arc::new(AeadKey::new(&plaintext)),
             created: Some(store_key),
         })
+    }
+
+    fn put_data_key_state(
+        &self,
+        project: &ProjectRef,
+        batch: &mut WriteBatch,
+        state: DataKeyState,
+    ) {
+        let json = serde_json::to_vec(&state).expect("DataKeyState serializes to JSON");
+        batch.put(Space::Meta, layout::data_key_state_key(project), json);
+    }
+
+    /// Returns the project's data-key state, or `None` before its first write.
+    /// Stores written before the state record existed fall back to the
+    /// newest stored version, with no encryptions counted.
+    pub(super) fn data_key_state(
+        &self,
+        project: &ProjectRef,
+    ) -> Result<Option<DataKeyState>, VaultError> {
+        let key = layout::data_key_state_key(project);
+        if let Some(json) = self.store.get(Space::Meta, &key)? {
+            let state = serde_json::from_slice(&json).map_err(|e| {
+                VaultError::corrupt(
+                    Space::Meta,
+                    &key,
+                    format!("invalid data-key state JSON: {e}"),
+                )
+            })?;
+            return Ok(Some(state));
+        }
+        Ok(self
+            .data_key_versions(project)?
+            .last()
+            .map(|&current_version| DataKeyState {
+                current_version,
+                encryptions: 0,
+            }))
     }
 
     /// Returns one data-key version of a project, from the cache or the store.
@@ -137,16 +289,17 @@ impl Vault {
     ) -> Result<AeadKey, VaultError> {
         let sealed = SealedRecord::decode(record)
             .map_err(|reason| VaultError::corrupt(Space::DataKeys, store_key, reason))?;
-        if sealed.key_version != MASTER_KEY_VERSION {
+        let (master, master_version) = self.master_state();
+        if sealed.key_version != master_version {
             let reason = format!(
-                "data key is sealed by key version {}, expected {MASTER_KEY_VERSION}",
+                "data key is sealed by master-key version {}, but the master key in use is version {master_version}",
                 sealed.key_version
             );
             return Err(VaultError::corrupt(Space::DataKeys, store_key, reason));
         }
 
         let aad = crypto::data_key_aad(project, version);
-        let plaintext = self.master.open(&sealed, &aad).map_err(|_| {
+        let plaintext = master.open(&sealed, &aad).map_err(|_| {
             tracing::warn!(
                 account = %project.account,
                 project = %project.project,
@@ -167,18 +320,33 @@ impl Vault {
         Ok(AeadKey::new(bytes))
     }
 
-    fn latest_data_key_version(&self, project: &ProjectRef) -> Result<Option<u32>, VaultError> {
+    /// Returns the project's stored data-key versions in ascending order.
+    pub(super) fn data_key_versions(&self, project: &ProjectRef) -> Result<Vec<u32>, VaultError> {
         let prefix = layout::project_prefix(project);
         let entries = self
             .store
             .scan_prefix(Space::DataKeys, &prefix, None, usize::MAX)?;
-        let mut latest = None;
-        for (key, _) in &entries {
-            let version = layout::data_key_version(&prefix, key).ok_or_else(|| {
-                VaultError::corrupt(Space::DataKeys, key, "key does not end in a 4-byte version")
-            })?;
-            latest = latest.max(Some(version));
-        }
-        Ok(latest)
+        entries
+            .iter()
+            .map(|(key, _)| {
+                layout::data_key_version(&prefix, key).ok_or_else(|| {
+                    VaultError::corrupt(
+                        Space::DataKeys,
+                        key,
+                        "key does not end in a 4-byte version",
+                    )
+                })
+            })
+            .collect()
     }
+}
+
+fn next_version(project: &ProjectRef, current: u32) -> Result<u32, VaultError> {
+    current.checked_add(1).ok_or_else(|| {
+        VaultError::corrupt(
+            Space::Meta,
+            &layout::data_key_state_key(project),
+            "the current data-key version is u32::MAX, so no version can follow it",
+        )
+    })
 }

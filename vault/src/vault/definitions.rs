@@ -141,13 +141,13 @@ impl Vault {
             project = %project.project,
             definition.name = %definition.name,
             secret.name = %secret,
-            secret.version = metadata.version,
+            secret.version = metadata.current_version,
             "resolved secret definition"
         );
         Ok(Resolved {
             value,
             definition: definition.name,
-            source_version: Some(metadata.version),
+            source_version: Some(metadata.current_version),
         })
     }
 

@@ -1,6 +1,8 @@
 //! The startup check that the master key is the one the store was created with.
 
-use crate::crypto::{self, SealedRecord, MASTER_KEY_VERSION};
+use std::sync::Arc;
+
+use crate::crypto::{self, SealedRecord};
 use crate::error::VaultError;
 use crate::ids::ProjectRef;
 use crate::layout::{self, MASTER_KEY_CHECK_KEY};
@@ -17,17 +19,18 @@ impl Vault {
     /// sealed. When that record is missing, the first data key in the store,
     /// if there is one, is decrypted instead before the record is written.
     /// Calling this at startup makes a wrong key fail there, and not on the
-    /// first read of a secret.
+    /// first read of a secret. It also takes the master-key version in use
+    /// from the check record, which a rotation advances.
     pub fn verify_master_key(&self) -> Result<bool, VaultError> {
         let _guard = self.lock_writes();
         let aad = crypto::master_key_check_aad();
+        let (master, _) = self.master_state();
 
         if let Some(record) = self.store.get(Space::Meta, MASTER_KEY_CHECK_KEY)? {
             let sealed = SealedRecord::decode(&record)
                 .map_err(|reason| VaultError::corrupt(Space::Meta, MASTER_KEY_CHECK_KEY, reason))?;
-            self.master
-                .open(&sealed, &aad)
-                .map_err(|_| key_mismatch())?;
+            master.open(&sealed, &aad).map_err(|_| key_mismatch())?;
+            self.set_master(master, sealed.key_version);
             return Ok(false);
         }
 
@@ -43,6 +46,9 @@ impl Vault {
                     )
                 })?;
             let project = ProjectRef { account, project };
+            if let Ok(sealed) = SealedRecord::decode(&record) {
+                self.set_master(Arc::clone(&master), sealed.key_version);
+            }
             self.open_data_key(&project, version, &store_key, &record)
                 .map_err(|error| match error {
                     VaultError::DataKeyDecrypt { .. } => key_mismatch(),
@@ -50,11 +56,12 @@ impl Vault {
                 })?;
         }
 
+        let (master, version) = self.master_state();
         let mut batch = WriteBatch::default();
         batch.put(
             Space::Meta,
             MASTER_KEY_CHECK_KEY,
-            self.master.seal(MASTER_KEY_VERSION, &[], &aad),
+            master.seal(version, &[], &aad),
         );
         self.store.write(batch)?;
         tracing::info!("recorded the master key check");

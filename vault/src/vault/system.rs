@@ -3,9 +3,9 @@
 
 use zeroize::Zeroizing;
 
-use crate::crypto::{SealedRecord, MASTER_KEY_VERSION};
+use crate::crypto::SealedRecord;
 use crate::error::VaultError;
-use crate::layout::push_component;
+use crate::layout::{push_component, SYSTEM_SECRET_PREFIX};
 use crate::store::{Space, WriteBatch};
 
 use super::Vault;
@@ -23,9 +23,8 @@ impl Vault {
             });
         }
         let _guard = self.lock_writes();
-        let record = self
-            .master
-            .seal(MASTER_KEY_VERSION, plaintext, &system_aad(name));
+        let (master, version) = self.master_state();
+        let record = master.seal(version, plaintext, &system_aad(name));
         let mut batch = WriteBatch::default();
         batch.put(Space::Meta, system_key(name), record);
         self.store.write(batch)?;
@@ -40,7 +39,8 @@ impl Vault {
         };
         let sealed = SealedRecord::decode(&stored)
             .map_err(|reason| VaultError::corrupt(Space::Meta, &key, reason))?;
-        let plaintext = self.master.open(&sealed, &system_aad(name)).map_err(|_| {
+        let (master, _) = self.master_state();
+        let plaintext = master.open(&sealed, &system_aad(name)).map_err(|_| {
             VaultError::corrupt(
                 Space::Meta,
                 &key,
@@ -52,10 +52,10 @@ impl Vault {
 }
 
 fn system_key(name: &str) -> Vec<u8> {
-    [b"system/".as_slice(), name.as_bytes()].concat()
+    [SYSTEM_SECRET_PREFIX, name.as_bytes()].concat()
 }
 
-fn system_aad(name: &str) -> Vec<u8> {
+pub(super) fn system_aad(name: &str) -> Vec<u8> {
     let mut aad = Vec::with_capacity(32 + name.len());
     push_component(&mut aad, b"keygate/system-secret/v1");
     push_component(&mut aad, name.as_bytes());

@@ -14,7 +14,12 @@ const PUTS_PER_THREAD: u32 = 10;
 fn concurrent_puts_get_distinct_versions() {
     let dir = TempDir::new().unwrap();
     let store: Arc<dyn KvStore> = Arc::new(RocksStore::open(dir.path()).unwrap());
-    let vault = Arc::new(Vault::new(store, MasterKey::generate()));
+    // Every version is kept, so each can be read back below.
+    let options = crate::vault::VaultOptions {
+        default_max_versions: THREADS * PUTS_PER_THREAD,
+        ..crate::vault::VaultOptions::default()
+    };
+    let vault = Arc::new(Vault::with_options(store, MasterKey::generate(), options));
 
     let handles: Vec<_> = (0..THREADS)
         .map(|thread_index| {
@@ -26,7 +31,7 @@ fn concurrent_puts_get_distinct_versions() {
                     let metadata = vault
                         .put_secret(&project(), "shared", &text(&value))
                         .unwrap();
-                    written.push((metadata.version, value));
+                    written.push((metadata.current_version, value));
                 }
                 written
             })
@@ -45,7 +50,10 @@ fn concurrent_puts_get_distinct_versions() {
     let versions: Vec<u32> = by_version.keys().copied().collect();
     assert_eq!(versions, (1..=total).collect::<Vec<_>>());
     assert_eq!(
-        vault.secret_metadata(&project(), "shared").unwrap().version,
+        vault
+            .secret_metadata(&project(), "shared")
+            .unwrap()
+            .current_version,
         total
     );
     for (version, value) in &by_version {
@@ -108,7 +116,7 @@ fn concurrent_reads_during_writes_succeed() {
     };
     for _ in 0..200 {
         let (value, metadata) = vault.read_secret(&project(), "db", None).unwrap();
-        let expected = format!("value {}", metadata.version - 1);
+        let expected = format!("value {}", metadata.current_version - 1);
         assert_eq!(value.as_str(), Some(expected.as_str()));
     }
     writer.join().unwrap();

@@ -141,12 +141,12 @@ fn vault_reads_after_reopen() {
     assert!(!vault.verify_master_key().unwrap());
     let (value, metadata) = vault.read_secret(&project(), "db", Some(1)).unwrap();
     assert_eq!(value.as_str(), Some("one"));
-    assert_eq!(metadata.version, 2);
+    assert_eq!(metadata.current_version, 2);
     assert_eq!(
         vault
             .put_secret(&project(), "db", &text("three"))
             .unwrap()
-            .version,
+            .current_version,
         3
     );
 }

@@ -32,7 +32,7 @@ fn secrets_list_in_byte_order_with_exact_names() {
 
     let listed = vault.list_secrets(&project(), None, 100).unwrap();
     let a = listed.iter().find(|metadata| metadata.name == "a").unwrap();
-    assert_eq!(a.version, 2);
+    assert_eq!(a.current_version, 2);
 }
 
 #[test]

@@ -13,9 +13,11 @@ mod binding;
 mod concurrency;
 mod definitions;
 mod disk;
+mod keyring;
 mod listing;
 mod master_check;
 mod secrets;
+mod versions;
 
 fn memory_vault() -> Vault {
     Vault::new(Arc::new(MemStore::new()), MasterKey::generate())

@@ -9,7 +9,7 @@ fn put_assigns_versions_in_order() {
         let metadata = vault
             .put_secret(&project(), "db", &text(&format!("v{expected}")))
             .unwrap();
-        assert_eq!(metadata.version, expected);
+        assert_eq!(metadata.current_version, expected);
         assert_eq!(metadata.name, "db");
     }
 }
@@ -23,11 +23,14 @@ fn read_returns_latest_and_old_versions() {
 
     let (latest, metadata) = vault.read_secret(&project(), "db", None).unwrap();
     assert_eq!(latest.as_str(), Some("three"));
-    assert_eq!(metadata.version, 3);
+    assert_eq!(metadata.current_version, 3);
 
     let (old, metadata) = vault.read_secret(&project(), "db", Some(1)).unwrap();
     assert_eq!(old.as_str(), Some("one"));
-    assert_eq!(metadata.version, 3, "metadata describes the latest version");
+    assert_eq!(
+        metadata.current_version, 3,
+        "metadata describes the latest version"
+    );
 
     let (middle, _) = vault.read_secret(&project(), "db", Some(2)).unwrap();
     assert_eq!(middle.as_str(), Some("two"));
@@ -135,7 +138,7 @@ fn names_are_exact_and_case_sensitive() {
         let (value, metadata) = vault.read_secret(&project(), name, None).unwrap();
         assert_eq!(value.as_str(), Some(index.to_string().as_str()), "{name:?}");
         assert_eq!(metadata.name, *name);
-        assert_eq!(metadata.version, 1, "{name:?}");
+        assert_eq!(metadata.current_version, 1, "{name:?}");
     }
 }
 
@@ -158,7 +161,7 @@ fn projects_and_accounts_are_isolated() {
         let project = ProjectRef::new(account, project).unwrap();
         let (value, metadata) = vault.read_secret(&project, "db", None).unwrap();
         assert_eq!(value.as_str(), Some(project.to_string().as_str()));
-        assert_eq!(metadata.version, 1);
+        assert_eq!(metadata.current_version, 1);
         assert_eq!(vault.list_secrets(&project, None, 10).unwrap().len(), 1);
     }
 }

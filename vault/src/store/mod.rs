@@ -35,17 +35,20 @@ pub enum Space {
     Definitions,
     /// Store-wide records, such as the master-key check.
     Meta,
+    /// Audit records of vault accesses, keyed by sequence number.
+    Audit,
 }
 
 impl Space {
     /// Every space, in a fixed order.
-    pub const ALL: [Space; 6] = [
+    pub const ALL: [Space; 7] = [
         Space::Agents,
         Space::DataKeys,
         Space::Secrets,
         Space::SecretMeta,
         Space::Definitions,
         Space::Meta,
+        Space::Audit,
     ];
 
     /// Returns the space's name, which is also its RocksDB column family name.
@@ -57,6 +60,7 @@ impl Space {
             Space::SecretMeta => "secret_meta",
             Space::Definitions => "definitions",
             Space::Meta => "meta",
+            Space::Audit => "audit",
         }
     }
 
@@ -96,4 +100,18 @@ pub trait KvStore: Send + Sync + 'static {
     /// Operations apply in order, so a later operation on a key replaces an
     /// earlier one in the same batch.
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError>;
+
+    /// Applies all operations atomically, like [`KvStore::write`], but returns
+    /// once they are in the write-ahead log, without waiting for the disk. A
+    /// killed process keeps them; a power loss may lose them until the next
+    /// synced write or [`KvStore::sync`]. Stores without that distinction
+    /// write synced.
+    fn write_unsynced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.write(batch)
+    }
+
+    /// Makes every earlier write durable on disk.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

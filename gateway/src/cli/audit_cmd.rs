@@ -1,0 +1,371 @@
+//! `keygate audit verify` and `keygate audit hash`.
+//!
+//! Exit codes of `verify`: 0 the log is intact, 1 a record was changed,
+//! removed, added or reordered (the message names the first bad record),
+//! 2 the store or file could not be read, 64 usage or configuration error.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use keygate_vault::audit::{self, AuditRecord, ChainHead, Progress, VerifyReport};
+use keygate_vault::{KvStore, RocksStore, Space};
+use serde_json::json;
+
+use super::keys_cmd::{self, ApiArgs};
+use super::{ConfigSource, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+
+/// Exit code of `audit verify` when the store or file cannot be read.
+pub const EXIT_UNREADABLE: i32 = 2;
+
+/// Records between two progress lines when stdout is not a terminal.
+const LINE_EVERY: u64 = 100_000;
+
+/// Records between two updates of the progress line on a terminal.
+const TERMINAL_EVERY: u64 = 5_000;
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain in the store (opened read-only, so the server may run) and in a JSON-lines file.
+    Verify(VerifyArgs),
+    /// Print the HMAC that audit records carry for a sensitive string, computed by the running server.
+    Hash(HashArgs),
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    source: ConfigSource,
+    /// JSON-lines audit file to check as well; default: `vault.audit_file` of --config, if it is a regular file.
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct HashArgs {
+    /// The string to hash; read from standard input (without its final line break) when left out, which keeps it out of the shell history.
+    value: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+pub async fn run(command: AuditCommand) -> i32 {
+    match command {
+        AuditCommand::Verify(args) => verify(args),
+        AuditCommand::Hash(args) => hash(args).await,
+    }
+}
+
+fn verify(args: VerifyArgs) -> i32 {
+    let config = match args.source.load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let db = config.db_dir();
+    if !db.exists() {
+        eprintln!(
+            "error: no store in {}; pass the server's --config or --data-dir",
+            db.display()
+        );
+        return EXIT_UNREADABLE;
+    }
+    let store = match RocksStore::open_read_only(&db) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_UNREADABLE;
+        }
+    };
+
+    println!("checking the audit log in {}", db.display());
+    let report = match audit::verify_store(&store, &mut progress_printer()) {
+        Ok(report) => report,
+        Err(e) => {
+            finish_progress_line();
+            eprintln!("error: reading the audit log failed: {e}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    finish_progress_line();
+    let mut intact = print_verdict("the store's audit log", &report);
+
+    let file = args.file.or_else(|| {
+        config
+            .vault
+            .audit_file
+            .clone()
+            .filter(|path| path.is_file())
+    });
+    if let Some(path) = file {
+        match verify_file(&path, &store, &report) {
+            Ok(file_intact) => intact &= file_intact,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_UNREADABLE;
+            }
+        }
+    }
+    if intact {
+        EXIT_OK
+    } else {
+        EXIT_FAILURE
+    }
+}
+
+/// Verifies the file's own chain, then checks that it agrees with the store.
+/// Returns whether both hold.
+fn verify_file(
+    path: &Path,
+    store: &dyn KvStore,
+    store_report: &VerifyReport,
+) -> Result<bool, String> {
+    println!("checking the audit file {}", path.display());
+    let report = audit::verify_file(path, &mut progress_printer());
+    finish_progress_line();
+    let report = report.map_err(|e| e.to_string())?;
+    if !print_verdict("the audit file", &report) {
+        return Ok(false);
+    }
+
+    let (Some(file_last), Some(store_last)) = (&report.last, &store_report.last) else {
+        return Ok(true);
+    };
+    // The store was read as of opening it, and a running server may have
+    // appended to the file since, so the file may go further than the store.
+    if file_last.seq < store_last.seq {
+        eprintln!(
+            "error: the audit file ends at record {} but the store's log goes on to record {}; its last records were removed, or the server could not write them (see /readyz)",
+            file_last.seq, store_last.seq
+        );
+        return Ok(false);
+    }
+
+    let store_hash = store_record_hash(store, store_last.seq)?;
+    let file_hash = file_record_hash(path, store_last.seq)?;
+    if store_hash.as_deref() != file_hash.as_deref() {
+        eprintln!(
+            "error: record {} differs between the audit file and the store",
+            store_last.seq
+        );
+        return Ok(false);
+    }
+    println!(
+        "the audit file agrees with the store at record {}",
+        store_last.seq
+    );
+    Ok(true)
+}
+
+fn store_record_hash(store: &dyn KvStore, seq: u64) -> Result<Option<String>, String> {
+    let value = store
+        .get(Space::Audit, &audit::seq_key(seq))
+        .map_err(|e| e.to_string())?;
+    Ok(value
+        .and_then(|value| serde_json::from_slice::<AuditRecord>(&value).ok())
+        .map(|record| record.hash))
+}
+
+fn file_record_hash(path: &Path, seq: u64) -> Result<Option<String>, String> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read the audit file {}: {e}", path.display()))?;
+    for line in std::io::BufReader::new(file).lines() {
+        let line =
+            line.map_err(|e| format!("cannot read the audit file {}: {e}", path.display()))?;
+        if let Ok(record) = serde_json::from_str::<AuditRecord>(&line) {
+            if record.seq == seq {
+                return Ok(Some(record.hash));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Prints whether a chain is intact; returns true when it is.
+fn print_verdict(log_name: &str, report: &VerifyReport) -> bool {
+    match &report.problem {
+        None => {
+            match &report.last {
+                Some(ChainHead { seq, hash }) => println!(
+                    "{log_name} is intact: {} records, from record {} to record {seq} (hash {hash})",
+                    report.checked,
+                    report.first_seq.unwrap_or(1)
+                ),
+                None => println!("{log_name} is intact: it has no records"),
+            }
+            true
+        }
+        Some(problem) => {
+            let last_good = match &report.last {
+                Some(last) => format!("record {} is the last good one", last.seq),
+                None => "no record before it is good".to_owned(),
+            };
+            eprintln!("error: {log_name} is broken: {problem}; {last_good}");
+            false
+        }
+    }
+}
+
+/// Returns a progress callback: an updated line on a terminal, otherwise a
+/// line every [`LINE_EVERY`] records.
+fn progress_printer() -> impl FnMut(Progress) {
+    let terminal = std::io::stdout().is_terminal();
+    let mut lines = ProgressLines::every(if terminal { TERMINAL_EVERY } else { LINE_EVERY });
+    move |progress: Progress| {
+        let Some(text) = lines.line(progress) else {
+            return;
+        };
+        let mut stdout = std::io::stdout().lock();
+        if terminal {
+            let _ = write!(stdout, "\r{text}");
+            let _ = stdout.flush();
+        } else {
+            let _ = writeln!(stdout, "{text}");
+        }
+    }
+}
+
+/// The progress text due after every `every` records.
+struct ProgressLines {
+    every: u64,
+    next_line_at: u64,
+}
+
+impl ProgressLines {
+    fn every(every: u64) -> ProgressLines {
+        ProgressLines {
+            every,
+            next_line_at: every,
+        }
+    }
+
+    /// Returns the text to print for `progress`, or `None` before the next line is due.
+    fn line(&mut self, progress: Progress) -> Option<String> {
+        if progress.checked < self.next_line_at {
+            return None;
+        }
+        self.next_line_at = progress.checked + self.every;
+        Some(match progress.total {
+            Some(total) => format!("checked {} of {total} records", progress.checked),
+            None => format!("checked {} records", progress.checked),
+        })
+    }
+}
+
+/// Ends the in-place progress line on a terminal.
+fn finish_progress_line() {
+    if std::io::stdout().is_terminal() {
+        // Clears the progress line so the verdict starts at the left margin.
+        print!("\r\x1b[2K");
+        let _ = std::io::stdout().flush();
+    }
+}
+
+async fn hash(args: HashArgs) -> i32 {
+    let value = match args.value {
+        Some(value) => value,
+        None => {
+            let mut text = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+                eprintln!("error: cannot read the value from standard input: {e}");
+                return EXIT_USAGE;
+            }
+            let trimmed = text
+                .strip_suffix('\n')
+                .map(|rest| rest.strip_suffix('\r').unwrap_or(rest));
+            trimmed.map(str::to_owned).unwrap_or(text)
+        }
+    };
+    let token = match keys_cmd::read_token(&args.api) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let body = Bytes::from(json!({ "value": value }).to_string());
+    match keys_cmd::call(
+        &args.api,
+        http::Method::POST,
+        "/v1/admin/audit/hash",
+        &token,
+        body,
+    )
+    .await
+    {
+        Ok((status, body)) if status.is_success() => {
+            match serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|answer| answer["hmac"].as_str().map(str::to_owned))
+            {
+                Some(hmac) => {
+                    println!("{hmac}");
+                    EXIT_OK
+                }
+                None => {
+                    eprintln!(
+                        "error: the server's answer has no `hmac`: {}",
+                        keys_cmd::pretty(&body)
+                    );
+                    EXIT_FAILURE
+                }
+            }
+        }
+        Ok((status, body)) => {
+            eprintln!(
+                "error: the server responded {status}: {}",
+                keys_cmd::pretty(&body)
+            );
+            EXIT_FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_come_every_n_records() {
+        let mut lines = ProgressLines::every(3);
+        let printed: Vec<String> = (1..=7)
+            .filter_map(|checked| {
+                lines.line(Progress {
+                    checked,
+                    total: Some(7),
+                })
+            })
+            .collect();
+        assert_eq!(
+            printed,
+            vec!["checked 3 of 7 records", "checked 6 of 7 records"]
+        );
+    }
+
+    #[test]
+    fn progress_lines_without_total() {
+        let mut lines = ProgressLines::every(2);
+        assert_eq!(
+            lines.line(Progress {
+                checked: 1,
+                total: None
+            }),
+            None
+        );
+        assert_eq!(
+            lines.line(Progress {
+                checked: 2,
+                total: None
+            }),
+            Some("checked 2 records".to_owned())
+        );
+    }
+}

@@ -32,6 +32,8 @@ pub enum InitError {
     MasterKey(#[from] keygate_vault::VaultError),
     #[error("token signing key: {0}")]
     SigningKey(#[from] keygate_auth::KeyError),
+    #[error("token signing key: {0}")]
+    Signing(#[from] crate::signing::SigningError),
 }
 
 /// Creates whatever is missing of the data folder; returns the files it created.

@@ -39,7 +39,7 @@ fn b64(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crafted_tokens_rejected_with_reason() {
     let server = TestServer::start().await;
-    let key = server.server().state().signing.active_key();
+    let key = server.server().state().signing.active_key().unwrap();
     let other_key = SigningKey::generate().unwrap();
     let kid = key.kid().to_owned();
     let header = json!({"alg": "EdDSA", "kid": kid, "typ": "JWT"});

@@ -158,6 +158,7 @@ async fn keys_survive_restart_sealed() {
         .state()
         .signing
         .active_key()
+        .unwrap()
         .kid()
         .to_owned();
     server.shutdown().await;
@@ -176,6 +177,9 @@ async fn keys_survive_restart_sealed() {
         .collect();
     after.sort();
     assert_eq!(before, after);
-    assert_eq!(restarted.state().signing.active_key().kid(), active);
+    assert_eq!(
+        restarted.state().signing.active_key().unwrap().kid(),
+        active
+    );
     restarted.shutdown().await;
 }

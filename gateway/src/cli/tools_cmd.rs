@@ -29,7 +29,7 @@ pub struct TokenIssueArgs {
     lifetime_secs: u64,
 }
 
-pub fn token_issue(args: TokenIssueArgs) -> i32 {
+pub async fn token_issue(args: TokenIssueArgs) -> i32 {
     let config = match args.source.load() {
         Ok(config) => config,
         Err(e) => {
@@ -63,7 +63,7 @@ pub fn token_issue(args: TokenIssueArgs) -> i32 {
             return EXIT_USAGE;
         }
     }
-    let key = match active_signing_key(&config) {
+    let key = match active_signing_key(&config).await {
         Ok(key) => key,
         Err(e) => {
             eprintln!(
@@ -98,8 +98,9 @@ pub fn token_issue(args: TokenIssueArgs) -> i32 {
 }
 
 /// Reads the signing key that is active now from the server's vault, opened
-/// read-only so this works while the server runs.
-fn active_signing_key(
+/// read-only so this works while the server runs. The master key comes from
+/// the configured source, as for the server.
+async fn active_signing_key(
     config: &crate::config::Config,
 ) -> Result<std::sync::Arc<SigningKey>, String> {
     let db = config.db_dir();
@@ -109,10 +110,16 @@ fn active_signing_key(
             db.display()
         ));
     }
-    let master =
-        keygate_vault::MasterKey::load(&config.master_key_path()).map_err(|e| e.to_string())?;
+    let source =
+        crate::master_key::MasterKeySource::from_config(config).map_err(|e| e.to_string())?;
+    let master = source
+        .fetch()
+        .await
+        .map_err(|e| format!("cannot get the master key from {}: {e}", source.describe()))?;
     let store = keygate_vault::RocksStore::open_read_only(&db).map_err(|e| e.to_string())?;
     let vault = keygate_vault::Vault::new(std::sync::Arc::new(store), master);
+    // Also takes the master-key version, which a rotation advances, from the store.
+    vault.verify_master_key().map_err(|e| e.to_string())?;
     let ring = crate::signing::load_ring(&vault)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| {

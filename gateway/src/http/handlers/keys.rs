@@ -20,10 +20,13 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, Scope::KeysAdmin)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "keys": state.signing.status() }),
-    ))
+    // The ring with the keys' schedule is sealed in the vault.
+    state.vault.get()?;
+    let keys = state
+        .signing
+        .status()
+        .map_err(|e| ApiError::internal(format!("reading the signing keys failed: {e}")))?;
+    Ok(json_response(StatusCode::OK, &json!({ "keys": keys })))
 }
 
 /// Adds the next signing key: published now, signing after the publish delay.
@@ -34,15 +37,17 @@ pub async fn rotate(
 ) -> Result<Response, ApiError> {
     let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, Scope::KeysAdmin)?;
+    state.vault.get()?;
     let worker = state.clone();
     let rotated = blocking(move || worker.signing.rotate()).await?;
     match rotated {
         Ok(key) => {
             state.sync_verifier_keys();
             info!(key.id = %key.kid, actor = %principal.subject, "signing key rotation requested");
+            let keys = state.signing.status().unwrap_or_default();
             Ok(json_response(
                 StatusCode::OK,
-                &json!({ "rotated": key, "keys": state.signing.status() }),
+                &json!({ "rotated": key, "keys": keys }),
             ))
         }
         Err(SigningError::Key(e @ keygate_auth::KeyError::RotationPending { .. })) => Err(

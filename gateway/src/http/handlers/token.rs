@@ -138,9 +138,11 @@ pub async fn issue(
     let mut scopes = ScopeSet::default();
     scopes.insert(Scope::AgentSession);
     let lifetime = state.config.auth.agent_token_lifetime_secs;
+    // While the vault is sealed, a standby key that lives only in memory
+    // signs agent tokens, so agents keep connecting and relaying tasks.
     let (token, _) = state
         .signing
-        .issue(&TokenRequest {
+        .issue_agent_token(&TokenRequest {
             subject: agent.id.clone(),
             account: agent.account.clone(),
             scopes,

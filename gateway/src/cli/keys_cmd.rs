@@ -43,20 +43,14 @@ pub async fn run(command: KeysCommand) -> i32 {
         KeysCommand::Status(args) => (args, http::Method::GET, "/v1/admin/signing-keys"),
         KeysCommand::Rotate(args) => (args, http::Method::POST, "/v1/admin/signing-keys/rotate"),
     };
-    let token = match std::env::var("KEYGATE_TOKEN") {
+    let token = match read_token(args) {
         Ok(token) => token,
-        Err(_) => match std::fs::read_to_string(&args.token_file) {
-            Ok(token) => token.trim().to_owned(),
-            Err(e) => {
-                eprintln!(
-                    "error: cannot read --token-file {}: {e}; set KEYGATE_TOKEN or --token-file",
-                    args.token_file.display()
-                );
-                return EXIT_USAGE;
-            }
-        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
     };
-    match call(args, method, path, &token).await {
+    match call(args, method, path, &token, Bytes::new()).await {
         Ok((status, body)) if status.is_success() => {
             println!("{}", pretty(&body));
             EXIT_OK
@@ -72,11 +66,34 @@ pub async fn run(command: KeysCommand) -> i32 {
     }
 }
 
-async fn call(
+/// Returns the token from `KEYGATE_TOKEN`, or else from `--token-file`.
+pub(super) fn read_token(args: &ApiArgs) -> Result<String, String> {
+    if let Ok(token) = std::env::var("KEYGATE_TOKEN") {
+        return Ok(token);
+    }
+    std::fs::read_to_string(&args.token_file)
+        .map(|token| token.trim().to_owned())
+        .map_err(|e| {
+            format!(
+                "cannot read --token-file {}: {e}; set KEYGATE_TOKEN or --token-file",
+                args.token_file.display()
+            )
+        })
+}
+
+/// Returns the address of the API listener that `args` names.
+pub(super) fn api_addr(args: &ApiArgs) -> SocketAddr {
+    args.api
+}
+
+/// Sends one request with a bearer token and a JSON `body` (empty for none)
+/// and returns the status and the response body.
+pub(super) async fn call(
     args: &ApiArgs,
     method: http::Method,
     path: &str,
     token: &str,
+    body: Bytes,
 ) -> Result<(http::StatusCode, Bytes), String> {
     let config = crate::tls::client_config(&args.ca, None, false).map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpStream::connect(args.api)
@@ -97,7 +114,8 @@ async fn call(
         .uri(path)
         .header(http::header::HOST, args.server_name.as_str())
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Full::new(Bytes::new()))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
         .map_err(|e| e.to_string())?;
     let response = sender
         .send_request(request)
@@ -113,7 +131,7 @@ async fn call(
     Ok((status, body))
 }
 
-fn pretty(body: &[u8]) -> String {
+pub(super) fn pretty(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())

@@ -19,6 +19,8 @@ pub struct RocksStore {
     db: DB,
     path: PathBuf,
     write_options: WriteOptions,
+    /// Options of [`KvStore::write_unsynced`]: the WAL is written but not synced.
+    unsynced_write_options: WriteOptions,
 }
 
 impl RocksStore {
@@ -61,6 +63,7 @@ impl RocksStore {
             db,
             path: path.to_owned(),
             write_options,
+            unsynced_write_options: WriteOptions::default(),
         })
     }
 
@@ -79,6 +82,7 @@ impl RocksStore {
             db,
             path: path.to_owned(),
             write_options: WriteOptions::default(),
+            unsynced_write_options: WriteOptions::default(),
         })
     }
 
@@ -99,6 +103,27 @@ impl RocksStore {
         self.db
             .flush_cfs_opt(&handles, &flush_options)
             .map_err(|e| self.operation_error("flush", None, e))
+    }
+
+    /// Writes a consistent copy of the whole database into `target`, a
+    /// folder that must not exist yet and whose parent must exist.
+    ///
+    /// RocksDB flushes the memtables first and hard-links the SST files when
+    /// `target` is on the same file system as the database, copying them
+    /// otherwise. The copy opens as a database of its own, and writes that
+    /// finish during the call may or may not be in it.
+    pub fn checkpoint(&self, target: &Path) -> Result<(), StoreError> {
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .map_err(|e| self.operation_error("checkpoint", None, e))?;
+        checkpoint
+            .create_checkpoint(target)
+            .map_err(|e| self.operation_error("checkpoint", None, e))?;
+        tracing::info!(
+            path = %self.path.display(),
+            target = %target.display(),
+            "wrote RocksDB checkpoint"
+        );
+        Ok(())
     }
 
     fn handle(&self, space: Space, operation: &'static str) -> Result<&ColumnFamily, StoreError> {
@@ -123,17 +148,90 @@ impl RocksStore {
         space: Option<Space>,
         error: rocksdb::Error,
     ) -> StoreError {
+        let kind = error.kind();
         let retryable = matches!(
-            error.kind(),
+            kind,
             rocksdb::ErrorKind::Busy | rocksdb::ErrorKind::TryAgain | rocksdb::ErrorKind::TimedOut
         );
-        StoreError::Operation {
-            store: self.describe(),
-            operation,
-            space,
-            message: error.into_string(),
-            retryable,
+        let message = error.into_string();
+        let condition = match file_system_condition(&message) {
+            Some(condition) => Some(condition),
+            // After a failed WAL append, RocksDB repeats the first error to
+            // every later write. On a file system that the kernel turned
+            // read-only after a disk error, that first error is EIO, so the
+            // folder itself is checked.
+            None if kind == rocksdb::ErrorKind::IOError && operation != "get" => {
+                probe_file_system(&self.path)
+            }
+            None => None,
+        };
+        match condition {
+            Some(FileSystemCondition::Full) => StoreError::NoSpace {
+                store: self.describe(),
+                path: self.path.clone(),
+                operation,
+                message,
+            },
+            Some(FileSystemCondition::ReadOnly) => StoreError::ReadOnly {
+                store: self.describe(),
+                path: self.path.clone(),
+                operation,
+                message,
+            },
+            None => StoreError::Operation {
+                store: self.describe(),
+                operation,
+                space,
+                message,
+                retryable,
+            },
         }
+    }
+}
+
+/// A file system state that makes writes fail for every caller until an
+/// operator acts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileSystemCondition {
+    Full,
+    ReadOnly,
+}
+
+/// Recognizes ENOSPC and EROFS in a RocksDB message, which carries the
+/// operating system's text for the error (`strerror`).
+fn file_system_condition(message: &str) -> Option<FileSystemCondition> {
+    if message.contains("No space left on device") {
+        Some(FileSystemCondition::Full)
+    } else if message.contains("Read-only file system") {
+        Some(FileSystemCondition::ReadOnly)
+    } else {
+        None
+    }
+}
+
+/// Name of the empty file that [`probe_file_system`] creates and removes.
+const PROBE_FILE: &str = "keygate-write-probe";
+
+/// Creates and removes an empty file in `folder` to learn whether its file
+/// system is read-only or full. Returns `None` when the probe succeeds or
+/// fails for another reason.
+fn probe_file_system(folder: &Path) -> Option<FileSystemCondition> {
+    let probe = folder.join(PROBE_FILE);
+    let result = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe);
+    match result {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            None
+        }
+        Err(error) => match error.kind() {
+            io::ErrorKind::ReadOnlyFilesystem => Some(FileSystemCondition::ReadOnly),
+            io::ErrorKind::StorageFull => Some(FileSystemCondition::Full),
+            _ => None,
+        },
     }
 }
 
@@ -181,6 +279,22 @@ impl KvStore for RocksStore {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.write_with(batch, &self.write_options)
+    }
+
+    fn write_unsynced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.write_with(batch, &self.unsynced_write_options)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db
+            .flush_wal(true)
+            .map_err(|e| self.operation_error("sync", None, e))
+    }
+}
+
+impl RocksStore {
+    fn write_with(&self, batch: WriteBatch, options: &WriteOptions) -> Result<(), StoreError> {
         let mut rocks_batch = rocksdb::WriteBatch::default();
         for op in batch.into_ops() {
             match op {
@@ -193,7 +307,7 @@ impl KvStore for RocksStore {
             }
         }
         self.db
-            .write_opt(rocks_batch, &self.write_options)
+            .write_opt(rocks_batch, options)
             .map_err(|e| self.operation_error("write", None, e))
     }
 }
@@ -222,6 +336,18 @@ fn open_io_error(path: &Path, error: io::Error) -> StoreError {
             path: path.to_owned(),
             message: format!("cannot create the folder: {error}"),
         },
+        io::ErrorKind::ReadOnlyFilesystem => StoreError::ReadOnly {
+            store: format!("RocksDB at {}", path.display()),
+            path: path.to_owned(),
+            operation: "open",
+            message: format!("cannot create the folder: {error}"),
+        },
+        io::ErrorKind::StorageFull => StoreError::NoSpace {
+            store: format!("RocksDB at {}", path.display()),
+            path: path.to_owned(),
+            operation: "open",
+            message: format!("cannot create the folder: {error}"),
+        },
         _ => StoreError::Open {
             path: path.to_owned(),
             message: format!("cannot create the folder: {error}"),
@@ -233,12 +359,66 @@ fn open_io_error(path: &Path, error: io::Error) -> StoreError {
 /// detail its C API exposes.
 fn open_error(path: &Path, error: rocksdb::Error) -> StoreError {
     let message = error.into_string();
+    let store = format!("RocksDB at {}", path.display());
     let path = path.to_owned();
+    if let Some(condition) = file_system_condition(&message) {
+        return match condition {
+            FileSystemCondition::Full => StoreError::NoSpace {
+                store,
+                path,
+                operation: "open",
+                message,
+            },
+            FileSystemCondition::ReadOnly => StoreError::ReadOnly {
+                store,
+                path,
+                operation: "open",
+                message,
+            },
+        };
+    }
     if message.contains("Permission denied") {
         StoreError::PermissionDenied { path, message }
     } else if message.contains("/LOCK:") || message.contains("lock hold by current process") {
         StoreError::Locked { path, message }
     } else {
         StoreError::Open { path, message }
+    }
+}
+
+#[cfg(test)]
+mod condition_tests {
+    use super::*;
+
+    #[test]
+    fn os_error_texts_map_to_conditions() {
+        let cases = [
+            (
+                "IO error: No space left on device: While appending to file: /data/db/000004.log: No space left on device",
+                Some(FileSystemCondition::Full),
+            ),
+            (
+                "IO error: While open a file for lock: /data/db/LOCK: Read-only file system",
+                Some(FileSystemCondition::ReadOnly),
+            ),
+            (
+                "IO error: While appending to file: /data/db/000004.log: Input/output error",
+                None,
+            ),
+            ("Corruption: block checksum mismatch", None),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(file_system_condition(message), expected, "{message}");
+        }
+    }
+
+    #[test]
+    fn probe_of_writable_folder_finds_nothing() {
+        let dir = tempfile::TempDir::new().unwrap();
+        assert_eq!(probe_file_system(dir.path()), None);
+        assert!(
+            !dir.path().join(PROBE_FILE).exists(),
+            "the probe removes its file"
+        );
     }
 }

@@ -263,3 +263,68 @@ fn batch_debug_shows_lengths_only() {
         "[Put(secrets, 3-byte key, 7-byte value), Delete(meta, 4-byte key)]"
     );
 }
+
+#[test]
+fn rocks_checkpoint_opens_with_the_data() {
+    let dir = TempDir::new().unwrap();
+    let store = RocksStore::open(&dir.path().join("db")).unwrap();
+    put(&store, Space::Secrets, b"k1", b"v1");
+    put(&store, Space::Meta, b"k2", b"v2");
+
+    let copy = dir.path().join("copy");
+    store.checkpoint(&copy).unwrap();
+    put(&store, Space::Secrets, b"k3", b"after the checkpoint");
+
+    let reopened = RocksStore::open(&copy).unwrap();
+    assert_eq!(
+        reopened.get(Space::Secrets, b"k1").unwrap(),
+        Some(b"v1".to_vec())
+    );
+    assert_eq!(
+        reopened.get(Space::Meta, b"k2").unwrap(),
+        Some(b"v2".to_vec())
+    );
+    assert_eq!(reopened.get(Space::Secrets, b"k3").unwrap(), None);
+}
+
+#[test]
+fn rocks_checkpoint_into_existing_folder_fails() {
+    let dir = TempDir::new().unwrap();
+    let store = RocksStore::open(&dir.path().join("db")).unwrap();
+    let target = dir.path().join("taken");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("keep.txt"), b"keep").unwrap();
+
+    let error = store.checkpoint(&target).unwrap_err();
+    assert!(
+        error.to_string().contains("checkpoint"),
+        "the message names the operation: {error}"
+    );
+    assert_eq!(std::fs::read(target.join("keep.txt")).unwrap(), b"keep");
+}
+
+#[test]
+fn storage_condition_messages_name_folder_and_fix() {
+    let no_space = StoreError::NoSpace {
+        store: "RocksDB at /srv/kg/db".to_owned(),
+        path: "/srv/kg/db".into(),
+        operation: "write",
+        message: "IO error: No space left on device".to_owned(),
+    };
+    let text = no_space.to_string();
+    assert!(text.contains("/srv/kg/db"), "{text}");
+    assert!(text.contains("free space"), "{text}");
+    assert!(!no_space.is_retryable());
+
+    let read_only = StoreError::ReadOnly {
+        store: "RocksDB at /srv/kg/db".to_owned(),
+        path: "/srv/kg/db".into(),
+        operation: "write",
+        message: "IO error: Read-only file system".to_owned(),
+    };
+    let text = read_only.to_string();
+    assert!(text.contains("/srv/kg/db"), "{text}");
+    assert!(text.contains("read-only"), "{text}");
+    assert!(text.contains("make it writable"), "{text}");
+    assert!(!read_only.is_retryable());
+}

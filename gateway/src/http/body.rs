@@ -49,10 +49,28 @@ pub async fn read_bytes(body: Incoming, limit: usize) -> Result<Bytes, ApiError>
     }
 }
 
-/// Reads and parses a JSON body; a parse error names the position and the problem.
+/// Reads and parses a JSON object body; a parse error names the position and the problem.
 pub async fn read_json<T: DeserializeOwned>(body: Incoming, limit: usize) -> Result<T, ApiError> {
     let bytes = read_bytes(body, limit).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    parse_json_object(&bytes)
+}
+
+/// Parses a request body that must be a JSON object. Structs with derived
+/// `Deserialize` also accept an array of their fields in order, which no
+/// operation documents, so anything but an object is rejected first.
+pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        let found = match first {
+            None => "the body is empty".to_owned(),
+            Some(byte) => format!("it starts with {:?}", char::from(*byte)),
+        };
+        return Err(ApiError::bad_request(
+            "invalid-json",
+            format!("the request body must be a JSON object; {found}"),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid-json",
             format!("the request body is not valid JSON for this operation: {e}"),
@@ -82,5 +100,40 @@ impl Body for ChannelBody {
         self.rx
             .poll_recv(cx)
             .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Named {
+        #[serde(default)]
+        name: Option<String>,
+    }
+
+    #[test]
+    fn json_object_accepted() {
+        let parsed: Named = parse_json_object(b" \n{\"name\": \"a\"}").unwrap();
+        assert_eq!(parsed.name.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn json_array_of_fields_rejected() {
+        let err = parse_json_object::<Named>(b"[null]").unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert_eq!(err.problem, "invalid-json");
+        assert!(err.detail.contains("starts with '['"), "{}", err.detail);
+    }
+
+    #[test]
+    fn empty_body_rejected() {
+        let err = parse_json_object::<Named>(b"  ").unwrap_err();
+        assert_eq!(err.problem, "invalid-json");
+        assert!(err.detail.contains("empty"), "{}", err.detail);
     }
 }

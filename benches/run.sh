@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Starts `keygate dev` and the reference agent on loopback, then runs the
-# relay and secret-read load generators at each concurrency level.
+# Starts `keygate dev`, the reference agent and nginx on loopback. Then runs
+# the relay, secret-resolution, hosted-secret read and write load generators
+# at each concurrency level. The read load also runs against nginx serving
+# the same response body as a static file, and the script prints the
+# keygate/nginx ratio for each level.
 #
 # Usage: benches/run.sh [DURATION_SECS] [CONCURRENCY...]
 #   defaults: 10 s at concurrency 1 16 64
-# Ports: KEYGATE_BENCH_PORT_BASE (default 17000) + 443 / 1443 / 2464.
+# Ports: KEYGATE_BENCH_PORT_BASE (default 17000) + 443 / 1443 / 2464 / 3443 (nginx).
+# The comparison table is also written to KEYGATE_BENCH_RESULTS (default
+# $CARGO_TARGET_DIR/release/bench-results.md).
+# KEYGATE_BENCH_SCENARIOS picks scenarios (default: relay secrets read write verify).
 # Everything runs on 127.0.0.1 and is stopped by PID when the script exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,15 +20,21 @@ shift || true
 levels=("${@:-1 16 64}")
 read -r -a levels <<<"${levels[*]}"
 base=${KEYGATE_BENCH_PORT_BASE:-17000}
+scenarios=" ${KEYGATE_BENCH_SCENARIOS:-relay secrets read write verify} "
+wanted() { [[ "$scenarios" == *" $1 "* ]]; }
 agent_addr=127.0.0.1:$((base + 443))
 api_addr=127.0.0.1:$((base + 1443))
 ops_addr=127.0.0.1:$((base + 2464))
+nginx_addr=127.0.0.1:$((base + 3443))
 
 scripts/install-build-deps.sh
+scripts/install-bench-deps.sh
 cargo build --release --locked --bin keygate --bin keygate-bench
 target=${CARGO_TARGET_DIR:-target}/release
 keygate=$target/keygate
 bench=$target/keygate-bench
+results=${KEYGATE_BENCH_RESULTS:-$target/bench-results.md}
+nginx=$(command -v nginx || echo /usr/sbin/nginx)
 
 work=$(mktemp -d)
 data=$work/data
@@ -73,15 +85,108 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; keygate $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-for c in "${levels[@]}"; do
+# The hosted-secret read that both servers are compared on: keygate's response
+# body is saved and nginx serves the same bytes as a static file.
+mkdir -p "$work/www"
+read_status=$(curl -s --cacert "$data/tls/ca.pem" -H "Authorization: Bearer $(cat "$work/runner.token")" \
+    -o "$work/www/secret.json" -w '%{http_code}' "https://$api_addr/v1/projects/bench/secrets/bench-secret/value")
+if [ "$read_status" != 200 ]; then
+    echo "GET .../secrets/bench-secret/value returned $read_status: $(cat "$work/www/secret.json")" >&2
+    exit 1
+fi
+body_bytes=$(wc -c <"$work/www/secret.json")
+# nginx workers drop root privileges, so they need to read the file's folders.
+chmod 755 "$work" "$work/www"
+chmod 644 "$work/www/secret.json"
+
+mkdir -p "$work/nginx"
+cat >"$work/nginx.conf" <<NGINX
+worker_processes $(nproc);
+daemon off;
+# Used only when nginx starts as root; www-data is Debian's account for it.
+user www-data;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/client_body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    keepalive_timeout 300s;
+    keepalive_requests 100000000;
+    server {
+        listen $nginx_addr ssl http2;
+        ssl_certificate $data/tls/server.pem;
+        ssl_certificate_key $data/tls/server-key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root $work/www;
+        location = /secret.json { default_type application/json; }
+    }
+}
+NGINX
+"$nginx" -e "$work/nginx/error.log" -c "$work/nginx.conf" &
+pids+=($!)
+for _ in $(seq 1 100); do
+    curl -sf --cacert "$data/tls/ca.pem" -o /dev/null "https://$nginx_addr/secret.json" && break
+    sleep 0.1
+done
+curl -sf --cacert "$data/tls/ca.pem" -o /dev/null "https://$nginx_addr/secret.json" \
+    || { echo "nginx did not start:" >&2; cat "$work/nginx/error.log" >&2; exit 1; }
+
+audit_records() {
+    curl -sf "http://$ops_addr/metrics" | awk '$1 == "keygate_audit_records_total" {print $2}'
+}
+rate_of() {
+    sed -n 's/.*: \([0-9]*\) req\/s.*/\1/p' <<<"$1"
+}
+errors_of() {
+    sed -n 's/.* \([0-9]*\) errors$/\1/p' <<<"$1" | head -1
+}
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; keygate $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $("$nginx" -v 2>&1)"
+echo "hosted secret read: $body_bytes-byte response body; nginx serves the same bytes"
+echo "load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine lowers every figure)"
+wanted relay && for c in "${levels[@]}"; do
     "$bench" relay --api "$api_addr" --ca "$data/tls/ca.pem" --token-file "$admin_file" \
         --agent-id "$agent_id" --concurrency "$c" --duration-secs "$duration"
 done
-for c in "${levels[@]}"; do
+wanted secrets && for c in "${levels[@]}"; do
     "$bench" secrets --api "$api_addr" --ca "$data/tls/ca.pem" --token-file "$work/runner.token" \
         --concurrency "$c" --duration-secs "$duration"
 done
-"$bench" verify --duration-secs 5
+
+table="| concurrency | connections | keygate reads/s | keygate p99 | nginx static/s | nginx p99 | keygate/nginx | errors (keygate, nginx) |
+|---|---|---|---|---|---|---|---|"
+wanted read && for c in "${levels[@]}"; do
+    records_before=$(audit_records)
+    kg=$("$bench" read --api "$api_addr" --ca "$data/tls/ca.pem" --token-file "$work/runner.token" \
+        --concurrency "$c" --duration-secs "$duration")
+    echo "$kg"
+    records_after=$(audit_records)
+    ng=$("$bench" static --api "$nginx_addr" --ca "$data/tls/ca.pem" --token-file "$work/runner.token" \
+        --path /secret.json --concurrency "$c" --duration-secs "$duration")
+    echo "$ng"
+    kg_rate=$(rate_of "$kg")
+    ng_rate=$(rate_of "$ng")
+    ratio=$(python3 -c "import sys; k, n = int(sys.argv[1] or 0), int(sys.argv[2] or 0); print(f'{k / n:.2f}' if n else 'n/a')" "$kg_rate" "$ng_rate")
+    connections=$(sed -n 's/.* connections \([0-9]*\) .*/\1/p' <<<"$kg")
+    kg_p99=$(sed -n 's/.*p99 \([0-9.]*\) ms.*/\1 ms/p' <<<"$kg")
+    ng_p99=$(sed -n 's/.*p99 \([0-9.]*\) ms.*/\1 ms/p' <<<"$ng")
+    echo "read at concurrency $c: keygate/nginx = $ratio; audit records written during the keygate run: $((records_after - records_before))"
+    table+="
+| $c | $connections | $kg_rate | $kg_p99 | $ng_rate | $ng_p99 | $ratio | $(errors_of "$kg"), $(errors_of "$ng") |"
+done
+wanted write && for c in "${levels[@]}"; do
+    "$bench" write --api "$api_addr" --ca "$data/tls/ca.pem" --token-file "$admin_file" \
+        --concurrency "$c" --duration-secs "$duration"
+done
+if wanted verify; then "$bench" verify --duration-secs 5; fi
+echo "load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "$table" | tee "$results"
+echo "(table written to $results)"
 server_rss=$(awk '/VmRSS/ {print $2 " " $3}' "/proc/${pids[0]}/status")
 echo "server RSS after the runs: $server_rss"

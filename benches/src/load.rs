@@ -142,7 +142,7 @@ async fn send_one(sender: &mut Sender, request: &RequestTemplate) -> Result<(), 
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    if status != http::StatusCode::OK {
+    if !status.is_success() {
         return Err(format!(
             "status {status}: {}",
             String::from_utf8_lossy(&body[..body.len().min(300)])

@@ -1,10 +1,12 @@
 //! `keygate-bench`: closed-loop load generators for a running keygate.
 //!
-//! `relay` submits tasks to one agent and `secrets` resolves one secret
-//! definition, each from N concurrent workers over persistent HTTP/2
-//! connections, for a bounded time; both print throughput and latency
-//! percentiles. `benches/run.sh` starts a server and an agent and runs them.
-//! `verify` measures token verification alone, in this process.
+//! `relay` submits tasks to one agent, `secrets` resolves one secret
+//! definition, `read` reads one hosted secret's value, `write` stores new
+//! versions of one hosted secret, and `static` fetches any path (the nginx
+//! baseline). Each runs N concurrent workers over persistent HTTP/2
+//! connections for a bounded time and prints throughput and latency
+//! percentiles. `benches/run.sh` starts a server, an agent and nginx and runs
+//! them. `verify` measures token verification alone, in this process.
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +34,12 @@ enum Command {
     Relay(RelayArgs),
     /// Resolve one secret definition as a runner.
     Secrets(SecretArgs),
+    /// Read the current value of one hosted secret (`GET .../secrets/NAME/value`).
+    Read(HostedSecretArgs),
+    /// Store new versions of one hosted secret (`PUT .../secrets/NAME`).
+    Write(WriteArgs),
+    /// Fetch one path and expect 200, such as a static file served by nginx.
+    Static(StaticArgs),
     /// Measure token verifications per second on one thread, in this process.
     Verify(VerifyArgs),
 }
@@ -94,6 +102,35 @@ struct SecretArgs {
     definition: String,
 }
 
+#[derive(Args)]
+struct HostedSecretArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long, default_value = "bench")]
+    project: String,
+    /// Name of the hosted secret.
+    #[arg(long, default_value = "bench-secret")]
+    secret: String,
+}
+
+#[derive(Args)]
+struct WriteArgs {
+    #[command(flatten)]
+    secret: HostedSecretArgs,
+    /// Size of each stored value in bytes.
+    #[arg(long, default_value_t = 32)]
+    value_bytes: usize,
+}
+
+#[derive(Args)]
+struct StaticArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Path to fetch, such as `/secret.json`.
+    #[arg(long)]
+    path: String,
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
@@ -131,11 +168,56 @@ async fn main() {
             );
             run("secrets", &args.target, Method::GET, path, Bytes::new()).await
         }
+        Command::Read(args) => match hosted_secret_path(&args.project, &args.secret, "/value") {
+            Ok(path) => run("read", &args.target, Method::GET, path, Bytes::new()).await,
+            Err(e) => Err(e),
+        },
+        Command::Write(args) => {
+            match hosted_secret_path(&args.secret.project, &args.secret.secret, "") {
+                Ok(path) => {
+                    let body = serde_json::json!({ "value": "v".repeat(args.value_bytes) });
+                    run(
+                        "write",
+                        &args.secret.target,
+                        Method::PUT,
+                        path,
+                        Bytes::from(body.to_string()),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Command::Static(args) => {
+            if !args.path.starts_with('/') {
+                Err(format!("--path {:?} must start with '/'", args.path))
+            } else {
+                run("static", &args.target, Method::GET, args.path, Bytes::new()).await
+            }
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// Returns the path of a hosted secret plus `suffix`. Both names must be
+/// URL-safe as they are (letters, digits, `.`, `_`, `-`), so no encoding is
+/// needed.
+fn hosted_secret_path(project: &str, secret: &str, suffix: &str) -> Result<String, String> {
+    for (option, value) in [("--project", project), ("--secret", secret)] {
+        let url_safe = !value.is_empty()
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !url_safe {
+            return Err(format!(
+                "{option} {value:?} must be letters, digits, '.', '_' and '-' only"
+            ));
+        }
+    }
+    Ok(format!("/v1/projects/{project}/secrets/{secret}{suffix}"))
 }
 
 async fn run(

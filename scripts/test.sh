@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-build-deps.sh
+scripts/install-test-deps.sh
 # The binary tests run target/release/keygate, which `cargo test` does not build.
 cargo build --release --locked --bin keygate
 cargo test --release --locked --workspace "$@"

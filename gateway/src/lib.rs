@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod audit;
+pub mod backups;
 pub mod cli;
 pub mod config;
 pub mod devinit;
@@ -14,9 +16,11 @@ pub mod http;
 pub mod jwks_client;
 mod listener;
 pub mod logging;
+pub mod master_key;
 pub mod metrics;
 pub mod pki;
 pub mod ratelimit;
+pub mod reencrypt;
 pub mod relay;
 pub mod server;
 pub mod session;
@@ -24,6 +28,8 @@ pub mod signing;
 pub mod state;
 pub mod tls;
 pub mod trusted_issuers;
+pub mod unseal;
+pub mod vault_slot;
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> u64 {

@@ -1,5 +1,7 @@
 //! Starting and stopping a server instance: opens the store and keys, binds
-//! the three listeners and runs them until shutdown.
+//! the three listeners and runs them until shutdown. The server starts with
+//! the vault sealed when the master key is not available, and unseals it in
+//! the background once the key arrives.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,18 +10,21 @@ use std::time::Duration;
 
 use keygate_auth::{CachedVerifier, TokenVerifier, VerifierSettings};
 use keygate_protocol::GoAwayReason;
-use keygate_vault::{MasterKey, RocksStore, Vault};
+use keygate_vault::{KvStore, RocksStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::audit::Audit;
+use crate::backups::Backups;
 use crate::config::Config;
 use crate::directory::AgentDirectory;
 use crate::http::ListenerKind;
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::reencrypt::ReencryptJob;
 use crate::relay::TaskTable;
 use crate::session::SessionRegistry;
 use crate::signing::{SigningKeys, SigningSettings};
@@ -27,14 +32,14 @@ use crate::state::{AppState, SharedState};
 use crate::tls::reload::TlsReloader;
 use crate::tls::{ServerTlsFiles, TlsError};
 use crate::trusted_issuers::{TrustedIssuerError, TrustedIssuers};
+use crate::unseal::{self, Unsealer};
+use crate::vault_slot::VaultSlot;
 
 /// Reason the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open the store: {0}")]
     Store(#[from] keygate_vault::StoreError),
-    #[error("cannot load the master key: {0}")]
-    MasterKey(keygate_vault::VaultError),
     #[error("cannot load the token signing keys: {0}")]
     SigningKeys(#[from] crate::signing::SigningError),
     #[error(transparent)]
@@ -49,6 +54,8 @@ pub enum StartError {
     MissingFile { path: PathBuf, hint: &'static str },
     #[error(transparent)]
     TrustedIssuer(#[from] TrustedIssuerError),
+    #[error("cannot start the audit log: {0}")]
+    Audit(#[from] keygate_vault::audit::AuditError),
 }
 
 /// A running server.
@@ -67,10 +74,6 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         for (path, hint) in [
             (
-                config.master_key_path(),
-                "run `keygate init` or `keygate dev` to create it, or set vault.master_key_file",
-            ),
-            (
                 config.server_cert_path(),
                 "run `keygate init` or `keygate dev`, or set tls.server_cert",
             ),
@@ -83,15 +86,10 @@ impl Server {
                 return Err(StartError::MissingFile { path, hint });
             }
         }
-        let master = MasterKey::load(&config.master_key_path()).map_err(StartError::MasterKey)?;
         let store = Arc::new(RocksStore::open(&config.db_dir())?);
-        let vault = Arc::new(Vault::new(store.clone(), master));
-        if vault.verify_master_key().map_err(StartError::MasterKey)? {
-            info!("master key recorded; later starts check the key against this record");
-        }
-        let signing = SigningKeys::load_or_init(
-            vault.clone(),
-            &config.signing_key_path(),
+        // The store opens without the master key; only the vault waits for it.
+        let signing = SigningKeys::open_sealed(
+            store.clone(),
             SigningSettings {
                 issuer: config.auth.issuer.clone(),
                 audience: config.auth.audience.clone(),
@@ -99,6 +97,19 @@ impl Server {
                 retention_secs: config.auth.max_token_lifetime_secs + config.auth.leeway_secs,
             },
         )?;
+        // Records are written while the vault is sealed too; the HMAC key
+        // is read from the vault when it opens.
+        let audit = Audit::start(
+            store.clone(),
+            None,
+            config.vault.audit_file.clone(),
+            config.vault.audit_sync_reads.unwrap_or(false),
+        )?;
+        let unsealer = Unsealer::new(config.clone(), store.clone() as Arc<dyn KvStore>);
+        let vault = VaultSlot::sealed(format!(
+            "waiting for the master key from {}",
+            unsealer.describe_source()
+        ));
 
         let tls = Arc::new(TlsReloader::load(ServerTlsFiles::from_config(&config))?);
         let trusted_issuers = TrustedIssuers::from_config(&config.auth)?;
@@ -137,22 +148,47 @@ impl Server {
             signing,
             verifier,
             trusted_issuers,
+            backups: Backups::new(store.clone(), config.backup_dir()),
             agents: AgentDirectory::new(store),
             vault,
+            audit,
             sessions: SessionRegistry::default(),
             tasks: TaskTable::new(config.gateway.max_finished_tasks),
             metrics: Metrics::new(),
             login_limiter: RateLimiter::new(config.auth.token_requests_per_minute),
+            reencrypt: ReencryptJob::default(),
             config,
         });
         tls.register_metrics(&state.metrics);
+        state.audit.register_metrics(&state.metrics);
         state.trusted_issuers.register_metrics(&state.metrics);
+        state.vault.register_metrics(&state.metrics);
         // Before the listeners serve, so the first external tokens find keys.
         state.trusted_issuers.load_all().await;
+        // Before the listeners serve too, so a server whose key is at hand
+        // never returns "vault is sealed".
+        let first_attempt = unsealer.open_vault(&state).await;
+        let retry_unseal = match first_attempt {
+            Ok(vault) => {
+                unseal::finish_unseal(&state, vault);
+                info!(source = %unsealer.describe_source(), "vault unsealed");
+                None
+            }
+            Err(e) => {
+                let source = unsealer.describe_source();
+                if e.is_wrong_key() {
+                    error!(source = %source, error = %e, "keygate starts with the vault sealed: wrong master key");
+                } else {
+                    warn!(source = %source, error = %e, "keygate starts with the vault sealed; retrying in the background");
+                }
+                state.vault.set_cause(e.to_string());
+                Some(unsealer)
+            }
+        };
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let grace = Duration::from_millis(state.config.gateway.shutdown_grace_ms);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(listener::serve(
                 agent_listener,
                 ListenerKind::Agent,
@@ -181,9 +217,16 @@ impl Server {
                 Duration::from_millis(state.config.tls.reload_check_interval_ms),
                 shutdown_rx.clone(),
             )),
-            tokio::spawn(sweep_finished_tasks(state.clone(), shutdown_rx)),
+            tokio::spawn(sweep_finished_tasks(state.clone(), shutdown_rx.clone())),
         ];
-        info!(%agent_addr, %api_addr, %ops_addr, data_dir = %state.config.data_dir.display(), "keygate started");
+        if let Some(unsealer) = retry_unseal {
+            tasks.push(tokio::spawn(unseal::retry_until_unsealed(
+                state.clone(),
+                unsealer,
+                shutdown_rx,
+            )));
+        }
+        info!(%agent_addr, %api_addr, %ops_addr, data_dir = %state.config.data_dir.display(), vault.sealed = state.vault.is_sealed(), "keygate started");
         Ok(Server {
             agent_addr,
             api_addr,
@@ -210,6 +253,7 @@ impl Server {
     pub async fn shutdown(self) {
         info!("keygate shutting down");
         self.state.sessions.close_all(GoAwayReason::ShuttingDown);
+        self.state.reencrypt.stop();
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
@@ -229,7 +273,9 @@ async fn sweep_finished_tasks(state: SharedState, mut shutdown: watch::Receiver<
                 if removed > 0 {
                     debug!(removed, "expired finished tasks");
                 }
-                state.metrics.signing_key_age.set(state.signing.active_key_age_secs() as i64);
+                if let Some(age) = state.signing.active_key_age_secs() {
+                    state.metrics.signing_key_age.set(age as i64);
+                }
                 match state.signing.prune() {
                     Ok(true) => state.sync_verifier_keys(),
                     Ok(false) => {}

@@ -3,16 +3,19 @@
 use std::sync::Arc;
 
 use keygate_auth::CachedVerifier;
-use keygate_vault::Vault;
 
+use crate::audit::Audit;
+use crate::backups::Backups;
 use crate::config::Config;
 use crate::directory::AgentDirectory;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::reencrypt::ReencryptJob;
 use crate::relay::TaskTable;
 use crate::session::SessionRegistry;
 use crate::signing::SigningKeys;
 use crate::trusted_issuers::TrustedIssuers;
+use crate::vault_slot::VaultSlot;
 
 pub struct AppState {
     pub config: Config,
@@ -21,17 +24,26 @@ pub struct AppState {
     pub verifier: CachedVerifier,
     /// External identity providers whose tokens are accepted too.
     pub trusted_issuers: TrustedIssuers,
-    pub vault: Arc<Vault>,
+    /// The vault, sealed until the master key arrives; handlers take it with
+    /// `state.vault.get()?`, which returns 503 while it is sealed.
+    pub vault: VaultSlot,
+    /// The audit log of vault accesses; an access whose record cannot be
+    /// written is refused.
+    pub audit: Audit,
     pub agents: AgentDirectory,
     pub sessions: SessionRegistry,
     pub tasks: TaskTable,
     pub metrics: Metrics,
     /// Logins per client id at the agent token endpoint.
     pub login_limiter: RateLimiter,
+    /// The runner of the vault's re-encryption job.
+    pub reencrypt: ReencryptJob,
+    /// Online backups of the store into `vault.backup_dir`.
+    pub backups: Backups,
 }
 
 impl AppState {
-    /// Makes the verifier trust exactly the published signing keys, and
+    /// Makes the verifier trust exactly the server's signing keys, and
     /// clears cached tokens in case a key was dropped.
     pub fn sync_verifier_keys(&self) {
         self.verifier

@@ -22,6 +22,10 @@ use tokio_rustls::TlsConnector;
 
 pub use keygate_gateway;
 
+pub mod moto;
+pub mod process;
+pub mod serve_process;
+
 /// A server started for one test, with its own data folder.
 pub struct TestServer {
     server: Option<Server>,

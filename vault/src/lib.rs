@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod backup;
 mod crypto;
 pub mod error;
 pub mod ids;
@@ -30,5 +32,7 @@ pub use store::memory::MemStore;
 pub use store::rocks::RocksStore;
 pub use store::{BatchOp, KeyValue, KvStore, Space, StoreError, WriteBatch};
 pub use vault::{
-    Resolved, SecretDefinition, SecretMetadata, Vault, MAX_LIST_LIMIT, MAX_SECRET_VALUE_BYTES,
+    DataKeyInfo, DataKeyStatus, MasterRotation, MetadataUpdate, ProjectDeletion, PutOptions,
+    ReencryptProgress, Resolved, SecretDefinition, SecretMetadata, Vault, VaultOptions,
+    VersionInfo, WrittenVersion, MAX_LIST_LIMIT, MAX_SECRET_VALUE_BYTES, MAX_VERSIONS_LIMIT,
 };

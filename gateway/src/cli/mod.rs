@@ -1,12 +1,17 @@
 //! The `keygate` command line: argument parsing and the exit codes of each subcommand.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 64 usage or configuration error (EX_USAGE).
+//! `audit verify` exits with 1 for a broken audit log and 2 when it cannot read it.
 
 mod agent_cmd;
+mod audit_cmd;
+mod backup_cmd;
 mod config_cmd;
 mod keys_cmd;
+mod reencrypt_cmd;
 mod serve_cmd;
 mod tools_cmd;
+mod vault_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +70,26 @@ enum Command {
     Keys(keys_cmd::KeysCommand),
     /// Run the reference agent.
     Agent(agent_cmd::AgentArgs),
+    /// Verify the vault audit log, or hash a string to search it.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
+    /// Back up and restore the vault store.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    /// Write a backup of the store: through the running server, or with --offline from a stopped server's data folder.
+    Backup(backup_cmd::BackupArgs),
+    /// Restore a backup into the store folder of a new data folder, and check it against the master key.
+    Restore(backup_cmd::RestoreArgs),
+    /// Re-encrypt every data key under a new master key, in one atomic write; the server must be stopped.
+    RotateMaster(vault_cmd::RotateMasterArgs),
+    /// Wrap a new or existing master key with AWS KMS for the `aws_kms` source.
+    WrapKey(vault_cmd::WrapKeyArgs),
+    /// Re-seal old ciphertexts under their project's current data key, through the running server, showing progress.
+    Reencrypt(reencrypt_cmd::ReencryptArgs),
 }
 
 #[derive(Args)]
@@ -177,11 +202,19 @@ pub fn main() -> i32 {
             Command::Dev(args) => serve_cmd::dev(args).await,
             Command::Init(args) => serve_cmd::init(args),
             Command::Serve(args) => serve_cmd::serve(args).await,
-            Command::Token(TokenCommand::Issue(args)) => tools_cmd::token_issue(args),
+            Command::Token(TokenCommand::Issue(args)) => tools_cmd::token_issue(args).await,
             Command::Certs(CertsCommand::Agent(args)) => tools_cmd::cert_agent(args),
             Command::Agent(args) => agent_cmd::run(args).await,
+            Command::Audit(command) => audit_cmd::run(command).await,
             Command::Keys(command) => keys_cmd::run(command).await,
             Command::Config(command) => config_cmd::run(command),
+            Command::Vault(VaultCommand::Backup(args)) => backup_cmd::backup(args).await,
+            Command::Vault(VaultCommand::Restore(args)) => backup_cmd::restore(args),
+            Command::Vault(VaultCommand::RotateMaster(args)) => {
+                vault_cmd::rotate_master(args).await
+            }
+            Command::Vault(VaultCommand::WrapKey(args)) => vault_cmd::wrap_key(args).await,
+            Command::Vault(VaultCommand::Reencrypt(args)) => reencrypt_cmd::run(args).await,
         }
     })
 }

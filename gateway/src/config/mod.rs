@@ -1,6 +1,9 @@
 //! The server's configuration: a TOML file with defaults for every option, and its validation.
 
 pub mod env;
+mod master_key;
+
+pub use master_key::{AwsKmsConfig, MasterKeySourceKind, DEFAULT_MASTER_KEY_ENV};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -155,8 +158,45 @@ fn default_refetch_cooldown_secs() -> u64 {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VaultConfig {
+    /// Where the master key comes from at start: a file, an environment variable or AWS KMS.
+    pub master_key_source: MasterKeySourceKind,
     /// 32-byte master key file (mode 0600); unset means `data_dir/keys/master.key`.
     pub master_key_file: Option<PathBuf>,
+    /// Variable holding the master key as 64 hexadecimal characters, for the
+    /// `env` source; unset means `KEYGATE_MASTER_KEY`.
+    pub master_key_env: Option<String>,
+    /// The KMS key and endpoint of the `aws_kms` source.
+    pub aws_kms: AwsKmsConfig,
+    /// Folder that online backups are written into, one subfolder per
+    /// backup; unset means `data_dir/backups`.
+    pub backup_dir: Option<PathBuf>,
+    /// JSON-lines file that receives a copy of every audit record; unset
+    /// means the records are kept in the store only.
+    pub audit_file: Option<PathBuf>,
+    /// Whether the audit records of reads wait for the disk, like those of
+    /// changes; unset means false (they are synced within 200 ms).
+    pub audit_sync_reads: Option<bool>,
+    /// Versions a secret keeps unless its own `max_versions` says otherwise;
+    /// unset means 10.
+    pub default_max_versions: Option<u32>,
+    /// Encryptions after which a project's data key is replaced by a new
+    /// version; unset means 2^24 (16777216).
+    pub data_key_max_encryptions: Option<u64>,
+}
+
+impl VaultConfig {
+    /// The vault's options from this section, with defaults for unset ones.
+    pub fn vault_options(&self) -> keygate_vault::VaultOptions {
+        let defaults = keygate_vault::VaultOptions::default();
+        keygate_vault::VaultOptions {
+            default_max_versions: self
+                .default_max_versions
+                .unwrap_or(defaults.default_max_versions),
+            data_key_max_encryptions: self
+                .data_key_max_encryptions
+                .unwrap_or(defaults.data_key_max_encryptions),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -387,6 +427,39 @@ impl Config {
             .err(),
         );
         problems.extend(self.validate_trusted_issuers().err());
+        problems.extend(master_key::problems(self));
+        problems.extend(check_backup_dir(self).err());
+        if self
+            .vault
+            .audit_file
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty())
+        {
+            problems.push(invalid(
+                "vault.audit_file",
+                "\"\"",
+                "must be a file path; leave it out to keep audit records in the store only",
+            ));
+        }
+        let vault = self.vault.vault_options();
+        problems.extend(
+            check_range(
+                "vault.default_max_versions",
+                u64::from(vault.default_max_versions),
+                1,
+                u64::from(keygate_vault::MAX_VERSIONS_LIMIT),
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "vault.data_key_max_encryptions",
+                vault.data_key_max_encryptions,
+                1,
+                1 << 30,
+            )
+            .err(),
+        );
         let g = &self.gateway;
         problems.extend(
             check_range(
@@ -604,12 +677,41 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("keys/jwt-signing.pem"))
     }
 
+    /// Returns the folder of online backups: `vault.backup_dir`, or `data_dir/backups`.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.vault
+            .backup_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("backups"))
+    }
+
     pub fn master_key_path(&self) -> PathBuf {
         self.vault
             .master_key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("keys/master.key"))
     }
+}
+
+/// Rejects an empty `vault.backup_dir`, and one inside `data_dir/db`, where
+/// backups would sit among RocksDB's own files. The check compares the paths
+/// as written, without resolving links.
+fn check_backup_dir(config: &Config) -> Result<(), ConfigError> {
+    let Some(dir) = &config.vault.backup_dir else {
+        return Ok(());
+    };
+    let shown = format!("{:?}", dir.display().to_string());
+    if dir.as_os_str().is_empty() {
+        return Err(invalid("vault.backup_dir", shown, "must be a folder path"));
+    }
+    if dir.starts_with(config.db_dir()) {
+        return Err(invalid(
+            "vault.backup_dir",
+            shown,
+            "must not be inside the database folder (data_dir/db); use a folder on another disk",
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(field: &'static str, value: impl std::fmt::Display, rule: &str) -> ConfigError {
@@ -1039,5 +1141,47 @@ allowed_scopes = ["agents:admin", "tasks:write"]
             err,
             "invalid value 0 for `auth.trusted_issuers[0].refetch_cooldown_secs`: must be between 1 and 86400"
         );
+    }
+
+    #[test]
+    fn audit_file_is_optional() {
+        assert_eq!(Config::parse("").unwrap().vault.audit_file, None);
+        let config =
+            Config::parse("[vault]\naudit_file = \"/var/log/keygate/audit.jsonl\"\n").unwrap();
+        assert_eq!(
+            config.vault.audit_file,
+            Some(PathBuf::from("/var/log/keygate/audit.jsonl"))
+        );
+        match Config::parse("[vault]\naudit_file = \"\"\n") {
+            Err(ConfigError::Invalid { field, value, .. }) => {
+                assert_eq!(field, "vault.audit_file");
+                assert_eq!(value, "\"\"");
+            }
+            other => panic!("expected Invalid for an empty audit_file, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn backup_dir_defaults_under_data_dir() {
+        let config = Config::parse("data_dir = \"/srv/kg\"\n").unwrap();
+        assert_eq!(config.backup_dir(), PathBuf::from("/srv/kg/backups"));
+        let config =
+            Config::parse("data_dir = \"/srv/kg\"\n[vault]\nbackup_dir = \"/mnt/backups\"\n")
+                .unwrap();
+        assert_eq!(config.backup_dir(), PathBuf::from("/mnt/backups"));
+    }
+
+    #[test]
+    fn backup_dir_rejected_inside_database() {
+        for dir in ["/srv/kg/db", "/srv/kg/db/backups", ""] {
+            let text = format!("data_dir = \"/srv/kg\"\n[vault]\nbackup_dir = \"{dir}\"\n");
+            match Config::parse(&text) {
+                Err(ConfigError::Invalid { field, value, .. }) => {
+                    assert_eq!(field, "vault.backup_dir", "{dir:?}");
+                    assert_eq!(value, format!("{dir:?}"), "{dir:?}");
+                }
+                other => panic!("backup_dir {dir:?}: expected Invalid, got {other:?}"),
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod body;
 mod handlers;
+pub mod openapi;
 pub mod problem;
 pub mod router;
 
@@ -32,9 +33,11 @@ pub struct ConnInfo {
 pub async fn handle(
     state: SharedState,
     conn: Arc<ConnInfo>,
-    req: http::Request<Incoming>,
+    mut req: http::Request<Incoming>,
 ) -> Result<Response, std::convert::Infallible> {
     let request_id = crate::directory::random_hex(8);
+    req.extensions_mut()
+        .insert(crate::audit::RequestId(request_id.clone()));
     let method = req.method().clone();
     let route = router::route(conn.listener, &method, req.uri().path());
     let template = route.as_ref().map(Route::template).unwrap_or("unmatched");

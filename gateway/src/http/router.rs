@@ -26,28 +26,98 @@ impl ListenerKind {
     }
 }
 
+/// What a version-changing route does to the versions it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionChange {
+    Delete,
+    Undelete,
+    Destroy,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
     Jwks,
+    OpenApi,
     Token,
     AgentSession,
     CreateAgent,
     ListAgents,
-    GetAgent { agent: String },
-    DisableAgent { agent: String },
-    EnableAgent { agent: String },
-    RotateAgentSecret { agent: String },
-    SubmitTask { agent: String },
-    GetTask { task: String },
-    ListSecrets { project: String },
-    PutSecret { project: String, name: String },
-    GetSecret { project: String, name: String },
-    ListDefinitions { project: String },
-    PutDefinition { project: String, name: String },
-    GetDefinition { project: String, name: String },
-    ResolveDefinition { project: String, name: String },
+    GetAgent {
+        agent: String,
+    },
+    DisableAgent {
+        agent: String,
+    },
+    EnableAgent {
+        agent: String,
+    },
+    RotateAgentSecret {
+        agent: String,
+    },
+    SubmitTask {
+        agent: String,
+    },
+    GetTask {
+        task: String,
+    },
+    ListSecrets {
+        project: String,
+    },
+    PutSecret {
+        project: String,
+        name: String,
+    },
+    GetSecret {
+        project: String,
+        name: String,
+    },
+    UpdateSecretMetadata {
+        project: String,
+        name: String,
+    },
+    DeleteSecret {
+        project: String,
+        name: String,
+    },
+    ReadSecretValue {
+        project: String,
+        name: String,
+    },
+    ChangeSecretVersions {
+        project: String,
+        name: String,
+        change: VersionChange,
+    },
+    DeleteProject {
+        project: String,
+    },
+    DataKeyStatus {
+        project: String,
+    },
+    RotateDataKey {
+        project: String,
+    },
+    ReencryptProgress,
+    StartReencrypt,
+    CreateVaultBackup,
+    ListDefinitions {
+        project: String,
+    },
+    PutDefinition {
+        project: String,
+        name: String,
+    },
+    GetDefinition {
+        project: String,
+        name: String,
+    },
+    ResolveDefinition {
+        project: String,
+        name: String,
+    },
     ListSigningKeys,
     RotateSigningKey,
+    HashAuditValue,
     Metrics,
     Healthz,
     Readyz,
@@ -60,6 +130,7 @@ impl Route {
     pub fn template(&self) -> &'static str {
         match self {
             Route::Jwks => "/.well-known/jwks.json",
+            Route::OpenApi => "/openapi.json",
             Route::Token => "/oauth/token",
             Route::AgentSession => "/v1/agent/session",
             Route::CreateAgent | Route::ListAgents => "/v1/agents",
@@ -70,9 +141,21 @@ impl Route {
             Route::SubmitTask { .. } => "/v1/agents/{agent_id}/tasks",
             Route::GetTask { .. } => "/v1/tasks/{task_id}",
             Route::ListSecrets { .. } => "/v1/projects/{project}/secrets",
-            Route::PutSecret { .. } | Route::GetSecret { .. } => {
-                "/v1/projects/{project}/secrets/{name}"
-            }
+            Route::PutSecret { .. }
+            | Route::GetSecret { .. }
+            | Route::UpdateSecretMetadata { .. }
+            | Route::DeleteSecret { .. } => "/v1/projects/{project}/secrets/{name}",
+            Route::ReadSecretValue { .. } => "/v1/projects/{project}/secrets/{name}/value",
+            Route::ChangeSecretVersions { change, .. } => match change {
+                VersionChange::Delete => "/v1/projects/{project}/secrets/{name}/delete",
+                VersionChange::Undelete => "/v1/projects/{project}/secrets/{name}/undelete",
+                VersionChange::Destroy => "/v1/projects/{project}/secrets/{name}/destroy",
+            },
+            Route::DeleteProject { .. } => "/v1/projects/{project}",
+            Route::DataKeyStatus { .. } => "/v1/projects/{project}/data-keys",
+            Route::RotateDataKey { .. } => "/v1/projects/{project}/data-keys/rotate",
+            Route::ReencryptProgress | Route::StartReencrypt => "/v1/admin/vault/reencrypt",
+            Route::CreateVaultBackup => "/v1/admin/vault/backups",
             Route::ListDefinitions { .. } => "/v1/projects/{project}/secret-definitions",
             Route::PutDefinition { .. } | Route::GetDefinition { .. } => {
                 "/v1/projects/{project}/secret-definitions/{name}"
@@ -82,6 +165,7 @@ impl Route {
             }
             Route::ListSigningKeys => "/v1/admin/signing-keys",
             Route::RotateSigningKey => "/v1/admin/signing-keys/rotate",
+            Route::HashAuditValue => "/v1/admin/audit/hash",
             Route::Metrics => "/metrics",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
@@ -134,6 +218,7 @@ fn candidates(listener: ListenerKind, segs: &[&str]) -> Vec<(Method, Route)> {
     let s = |v: &str| v.to_owned();
     match (listener, segs) {
         (Agent | Api, [".well-known", "jwks.json"]) => vec![(Method::GET, Route::Jwks)],
+        (Api, ["openapi.json"]) => vec![(Method::GET, Route::OpenApi)],
         (Agent, ["oauth", "token"]) => vec![(Method::POST, Route::Token)],
         (Agent, ["v1", "agent", "session"]) => vec![(Method::POST, Route::AgentSession)],
         (Api, ["v1", "agents"]) => vec![
@@ -181,7 +266,71 @@ fn candidates(listener: ListenerKind, segs: &[&str]) -> Vec<(Method, Route)> {
                     name: s(name),
                 },
             ),
+            (
+                Method::PATCH,
+                Route::UpdateSecretMetadata {
+                    project: s(project),
+                    name: s(name),
+                },
+            ),
+            (
+                Method::DELETE,
+                Route::DeleteSecret {
+                    project: s(project),
+                    name: s(name),
+                },
+            ),
         ],
+        (Api, ["v1", "projects", project, "secrets", name, "value"]) => vec![(
+            Method::GET,
+            Route::ReadSecretValue {
+                project: s(project),
+                name: s(name),
+            },
+        )],
+        (
+            Api,
+            ["v1", "projects", project, "secrets", name, action @ ("delete" | "undelete" | "destroy")],
+        ) => {
+            let change = match *action {
+                "delete" => VersionChange::Delete,
+                "undelete" => VersionChange::Undelete,
+                _ => VersionChange::Destroy,
+            };
+            vec![(
+                Method::POST,
+                Route::ChangeSecretVersions {
+                    project: s(project),
+                    name: s(name),
+                    change,
+                },
+            )]
+        }
+        (Api, ["v1", "projects", project]) => vec![(
+            Method::DELETE,
+            Route::DeleteProject {
+                project: s(project),
+            },
+        )],
+        (Api, ["v1", "projects", project, "data-keys"]) => vec![(
+            Method::GET,
+            Route::DataKeyStatus {
+                project: s(project),
+            },
+        )],
+        (Api, ["v1", "projects", project, "data-keys", "rotate"]) => vec![(
+            Method::POST,
+            Route::RotateDataKey {
+                project: s(project),
+            },
+        )],
+        (Api, ["v1", "admin", "vault", "reencrypt"]) => vec![
+            (Method::GET, Route::ReencryptProgress),
+            (Method::POST, Route::StartReencrypt),
+        ],
+        (Api, ["v1", "admin", "vault", "backups"]) => {
+            vec![(Method::POST, Route::CreateVaultBackup)]
+        }
         (Api, ["v1", "projects", project, "secret-definitions"]) => {
             vec![(
                 Method::GET,
@@ -216,6 +365,7 @@ fn candidates(listener: ListenerKind, segs: &[&str]) -> Vec<(Method, Route)> {
             )]
         }
         (Api, ["v1", "admin", "signing-keys"]) => vec![(Method::GET, Route::ListSigningKeys)],
+        (Api, ["v1", "admin", "audit", "hash"]) => vec![(Method::POST, Route::HashAuditValue)],
         (Api, ["v1", "admin", "signing-keys", "rotate"]) => {
             vec![(Method::POST, Route::RotateSigningKey)]
         }

@@ -22,10 +22,25 @@ pub fn healthz() -> Response {
     json_response(StatusCode::OK, &json!({"status": "ok"}))
 }
 
-/// Reports ready when a read from the store succeeds.
+/// Reports ready when the vault is unsealed, the audit log is writing, and a
+/// read from the store succeeds.
 pub fn readyz(state: &SharedState) -> Response {
-    match state
-        .vault
+    if let Some(cause) = state.audit.failure() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "not_ready", "reason": format!("the audit log is failing, so vault accesses are refused: {cause}")}),
+        );
+    }
+    let vault = match state.vault.get() {
+        Ok(vault) => vault,
+        Err(sealed) => {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "not_ready", "reason": sealed.to_string()}),
+            )
+        }
+    };
+    match vault
         .store()
         .get(keygate_vault::Space::Meta, b"readiness-probe")
     {

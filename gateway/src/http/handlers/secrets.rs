@@ -1,14 +1,15 @@
-//! Hosted secrets, secret definitions, and resolution of definitions by runners.
+//! Secret definitions and their resolution by runners; the project check shared by vault routes.
 
 use http::StatusCode;
 use hyper::body::Incoming;
 use keygate_auth::{Principal, Scope};
-use keygate_vault::{ProjectRef, SecretLocation, SecretValue, VaultError};
+use keygate_vault::{ProjectRef, Resolved, SecretLocation};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, info};
 
-use super::{blocking, page};
+use super::{blocking, page, point_read};
+use crate::audit::{self, AuditContext, AuditOp, AuditedChange};
 use crate::http::body::{json_response, read_json, Response};
 use crate::http::problem::ApiError;
 use crate::http::{authenticate, require_scope, ConnInfo};
@@ -16,99 +17,70 @@ use crate::state::SharedState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PutSecret {
-    /// A JSON string; structured values are stored as their JSON text inside the string.
-    value: serde_json::Value,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PutDefinition {
     location: SecretLocation,
 }
 
-/// Authenticates, checks the scope and the token's project restriction, and names the project.
-async fn project_for(
+/// Authenticates, checks the scope and the token's project restriction, and
+/// names the project.
+///
+/// A rejected request gets an audit record of `operation` on `secret` (empty
+/// for operations on a whole project) with the outcome `denied`, or
+/// `invalid` for a malformed project id. When that record cannot be written,
+/// the response is 503 in place of the rejection.
+pub(super) async fn project_for(
     state: &SharedState,
     conn: &ConnInfo,
     req: &http::Request<Incoming>,
     project: &str,
     scope: Scope,
+    operation: AuditOp,
+    secret: &str,
 ) -> Result<(Principal, ProjectRef), ApiError> {
-    let principal = authenticate(state, conn, req.headers()).await?;
-    require_scope(&principal, scope)?;
+    let principal = match authenticate(state, conn, req.headers()).await {
+        Ok(principal) => principal,
+        Err(error) => {
+            let ctx = AuditContext::unauthenticated(req, project);
+            return Err(refused(state, &ctx, secret, operation, error).await);
+        }
+    };
+    match check_access(&principal, project, scope) {
+        Ok(project_ref) => Ok((principal, project_ref)),
+        Err(error) => {
+            let ctx = AuditContext::new(req, &principal, project);
+            Err(refused(state, &ctx, secret, operation, error).await)
+        }
+    }
+}
+
+fn check_access(
+    principal: &Principal,
+    project: &str,
+    scope: Scope,
+) -> Result<ProjectRef, ApiError> {
+    require_scope(principal, scope)?;
     if !principal.may_access_project(project) {
         return Err(ApiError::forbidden(format!(
             "the token is restricted to other projects than {project:?}"
         )));
     }
-    let project = ProjectRef::new(&principal.account, project)?;
-    Ok((principal, project))
+    Ok(ProjectRef::new(&principal.account, project)?)
 }
 
-pub async fn put_secret(
+/// Records a rejected request and returns the error to send: `error`, or
+/// 503 when the record cannot be written.
+async fn refused(
     state: &SharedState,
-    conn: &ConnInfo,
-    req: http::Request<Incoming>,
-    project: &str,
-    name: &str,
-) -> Result<Response, ApiError> {
-    let (principal, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin).await?;
-    let body: PutSecret = read_json(req.into_body(), state.config.http.max_body_bytes).await?;
-    let serde_json::Value::String(text) = body.value else {
-        return Err(ApiError::bad_request(
-            "invalid-input",
-            format!(
-                "`value` must be a JSON string, got {}; to store JSON, send it as text, e.g. \"{{\\\"user\\\": \\\"etl\\\"}}\"",
-                json_type(&body.value)
-            ),
-        ));
-    };
-    let value = SecretValue::from_string(text);
-    let vault = state.vault.clone();
-    let (p, n) = (project.clone(), name.to_owned());
-    let meta = blocking(move || vault.put_secret(&p, &n, &value)).await??;
-    info!(
-        account = %project.account, project = %project.project, secret.name = %name,
-        secret.version = meta.version, actor = %principal.subject, "secret stored"
-    );
-    let status = if meta.version == 1 {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(json_response(status, &meta))
-}
-
-pub async fn get_secret(
-    state: &SharedState,
-    conn: &ConnInfo,
-    req: http::Request<Incoming>,
-    project: &str,
-    name: &str,
-) -> Result<Response, ApiError> {
-    let (_, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin).await?;
-    let vault = state.vault.clone();
-    let n = name.to_owned();
-    let meta = blocking(move || vault.secret_metadata(&project, &n)).await??;
-    Ok(json_response(StatusCode::OK, &meta))
-}
-
-pub async fn list_secrets(
-    state: &SharedState,
-    conn: &ConnInfo,
-    req: http::Request<Incoming>,
-    project: &str,
-) -> Result<Response, ApiError> {
-    let (_, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin).await?;
-    let page = page(&req)?;
-    let vault = state.vault.clone();
-    let secrets =
-        blocking(move || vault.list_secrets(&project, page.after.as_deref(), page.limit)).await??;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "secrets": secrets }),
-    ))
+    ctx: &AuditContext,
+    secret: &str,
+    operation: AuditOp,
+    error: ApiError,
+) -> ApiError {
+    let outcome = audit::outcome_of(&error);
+    match audit::record(state, ctx, secret, None, operation, outcome).await {
+        Ok(()) => error,
+        Err(unavailable) => unavailable,
+    }
 }
 
 pub async fn put_definition(
@@ -118,14 +90,45 @@ pub async fn put_definition(
     project: &str,
     name: &str,
 ) -> Result<Response, ApiError> {
-    let (principal, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin).await?;
-    let body: PutDefinition = read_json(req.into_body(), state.config.http.max_body_bytes).await?;
+    let operation = AuditOp::PutDefinition;
+    let (principal, project_ref) = project_for(
+        state,
+        conn,
+        &req,
+        project,
+        Scope::SecretsAdmin,
+        operation,
+        name,
+    )
+    .await?;
+    let ctx = AuditContext::new(&req, &principal, project);
+    // A request rejected before any change gets one record with its outcome.
+    let checked =
+        match read_json::<PutDefinition>(req.into_body(), state.config.http.max_body_bytes).await {
+            Ok(body) => state
+                .vault
+                .get()
+                .map(|vault| (body, vault))
+                .map_err(ApiError::from),
+            Err(error) => Err(error),
+        };
+    let (body, vault) = match checked {
+        Ok(checked) => checked,
+        Err(error) => {
+            return audit::record_result(state, &ctx, name, None, operation, Err(error)).await
+        }
+    };
+
     let provider = body.location.provider();
-    let vault = state.vault.clone();
-    let (p, n) = (project.clone(), name.to_owned());
-    let definition = blocking(move || vault.put_definition(&p, &n, body.location)).await??;
+    let change = AuditedChange::begin(state, &ctx, name, None, operation).await?;
+    let (p, n) = (project_ref.clone(), name.to_owned());
+    let result = match blocking(move || vault.put_definition(&p, &n, body.location)).await {
+        Ok(stored) => stored.map_err(ApiError::from),
+        Err(error) => Err(error),
+    };
+    let definition = change.finish(result, None).await?;
     info!(
-        account = %project.account, project = %project.project, definition = %name,
+        account = %project_ref.account, project = %project_ref.project, definition = %name,
         provider, actor = %principal.subject, "secret definition stored"
     );
     Ok(json_response(StatusCode::OK, &definition))
@@ -138,10 +141,25 @@ pub async fn get_definition(
     project: &str,
     name: &str,
 ) -> Result<Response, ApiError> {
-    let (_, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin).await?;
-    let vault = state.vault.clone();
-    let n = name.to_owned();
-    let definition = blocking(move || vault.get_definition(&project, &n)).await??;
+    let operation = AuditOp::ReadDefinition;
+    let (principal, project_ref) = project_for(
+        state,
+        conn,
+        &req,
+        project,
+        Scope::SecretsAdmin,
+        operation,
+        name,
+    )
+    .await?;
+    let ctx = AuditContext::new(&req, &principal, project);
+    let result = async {
+        let vault = state.vault.get()?;
+        let n = name.to_owned();
+        Ok::<_, ApiError>(blocking(move || vault.get_definition(&project_ref, &n)).await??)
+    }
+    .await;
+    let definition = audit::record_result(state, &ctx, name, None, operation, result).await?;
     Ok(json_response(StatusCode::OK, &definition))
 }
 
@@ -151,19 +169,38 @@ pub async fn list_definitions(
     req: http::Request<Incoming>,
     project: &str,
 ) -> Result<Response, ApiError> {
-    let (_, project) = project_for(state, conn, &req, project, Scope::SecretsAdmin).await?;
-    let page = page(&req)?;
-    let vault = state.vault.clone();
-    let definitions =
-        blocking(move || vault.list_definitions(&project, page.after.as_deref(), page.limit))
-            .await??;
+    let operation = AuditOp::ListDefinitions;
+    let (principal, project_ref) = project_for(
+        state,
+        conn,
+        &req,
+        project,
+        Scope::SecretsAdmin,
+        operation,
+        "",
+    )
+    .await?;
+    let ctx = AuditContext::new(&req, &principal, project);
+    let result = async {
+        let page = page(&req)?;
+        let vault = state.vault.get()?;
+        Ok::<_, ApiError>(
+            blocking(move || {
+                vault.list_definitions(&project_ref, page.after.as_deref(), page.limit)
+            })
+            .await??,
+        )
+    }
+    .await;
+    let definitions = audit::record_result(state, &ctx, "", None, operation, result).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "secret_definitions": definitions }),
     ))
 }
 
-/// Resolves a definition to its value, for runners.
+/// Resolves a definition to its value, for runners. The value is sent only
+/// after the audit record of the resolution is stored.
 pub async fn resolve(
     state: &SharedState,
     conn: &ConnInfo,
@@ -171,68 +208,96 @@ pub async fn resolve(
     project: &str,
     name: &str,
 ) -> Result<Response, ApiError> {
-    let outcome = |state: &SharedState, label: &str| {
+    let count = |label: &str| {
         state
             .metrics
             .secret_resolutions
             .with_label_values(&[label])
             .inc()
     };
-    let (principal, project) =
-        match project_for(state, conn, &req, project, Scope::SecretsRead).await {
-            Ok(ok) => ok,
-            Err(e) => {
-                outcome(
-                    state,
-                    if e.status == StatusCode::FORBIDDEN {
-                        "forbidden"
-                    } else {
-                        "unauthorized"
-                    },
-                );
-                return Err(e);
-            }
-        };
-    let vault = state.vault.clone();
-    let (p, n) = (project.clone(), name.to_owned());
-    let resolved = blocking(move || vault.resolve(&p, &n)).await?;
-    match resolved {
-        Ok(resolved) => {
-            outcome(state, "success");
+    let operation = AuditOp::Resolve;
+    let (principal, project_ref) = match project_for(
+        state,
+        conn,
+        &req,
+        project,
+        Scope::SecretsRead,
+        operation,
+        name,
+    )
+    .await
+    {
+        Ok(checked) => checked,
+        Err(error) => {
+            count(resolution_label(&error));
+            return Err(error);
+        }
+    };
+    let ctx = AuditContext::new(&req, &principal, project);
+
+    let result = resolve_to_json(state, &project_ref, name).await;
+    let version = match &result {
+        Ok((_, resolved_version)) => *resolved_version,
+        Err(_) => None,
+    };
+    let result = audit::record_result(state, &ctx, name, version, operation, result).await;
+    match result {
+        Ok((body, _)) => {
+            count("success");
             debug!(
-                account = %project.account, project = %project.project, definition = %name,
+                account = %project_ref.account, project = %project_ref.project, definition = %name,
                 actor = %principal.subject, "secret resolved"
             );
-            let value = match resolved.value.as_str() {
-                Some(text) => json!(text),
-                None => {
-                    return Err(ApiError::internal(format!(
-                        "the value of definition {name:?} is not UTF-8 text"
-                    )))
-                }
-            };
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({ "name": resolved.definition, "value": value, "source_version": resolved.source_version }),
-            ))
+            Ok(json_response(StatusCode::OK, &body))
         }
         Err(error) => {
-            outcome(state, resolution_label(&error));
-            Err(error.into())
+            count(resolution_label(&error));
+            Err(error)
         }
     }
 }
 
-fn resolution_label(error: &VaultError) -> &'static str {
-    match error.kind() {
-        keygate_vault::ErrorKind::NotFound => "not_found",
-        keygate_vault::ErrorKind::NotSupported => "not_supported",
-        keygate_vault::ErrorKind::InvalidInput => "invalid",
-        keygate_vault::ErrorKind::Internal => "error",
+/// Resolves a definition into the response body, and returns the version of
+/// the hosted secret it read.
+async fn resolve_to_json(
+    state: &SharedState,
+    project: &ProjectRef,
+    name: &str,
+) -> Result<(serde_json::Value, Option<u32>), ApiError> {
+    let vault = state.vault.get()?;
+    let (p, n) = (project.clone(), name.to_owned());
+    let resolved: Resolved = point_read(move || vault.resolve(&p, &n))?;
+    let Some(text) = resolved.value.as_str() else {
+        return Err(ApiError::internal(format!(
+            "the value of definition {name:?} is not UTF-8 text"
+        )));
+    };
+    let body = json!({
+        "name": resolved.definition,
+        "value": text,
+        "source_version": resolved.source_version,
+    });
+    Ok((body, resolved.source_version))
+}
+
+/// Returns the `outcome` label of `keygate_vault_resolutions_total` for a failed resolution.
+fn resolution_label(error: &ApiError) -> &'static str {
+    match error.status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND | StatusCode::GONE => "not_found",
+        StatusCode::NOT_IMPLEMENTED => "not_supported",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::SERVICE_UNAVAILABLE if error.problem == "vault-sealed" => "sealed",
+        StatusCode::SERVICE_UNAVAILABLE if error.problem == "audit-unavailable" => {
+            "audit_unavailable"
+        }
+        status if status.is_client_error() => "invalid",
+        _ => "error",
     }
 }
 
-fn json_type(value: &serde_json::Value) -> &'static str {
+pub(super) fn json_type(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",

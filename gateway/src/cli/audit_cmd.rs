@@ -315,13 +315,7 @@ async fn hash(args: HashArgs) -> i32 {
                 }
             }
         }
-        Ok((status, body)) => {
-            eprintln!(
-                "error: the server responded {status}: {}",
-                keys_cmd::pretty(&body)
-            );
-            EXIT_FAILURE
-        }
+        Ok((status, body)) => keys_cmd::error_response(status, &body),
         Err(e) => {
             eprintln!("error: {e}");
             EXIT_FAILURE

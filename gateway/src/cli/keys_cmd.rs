@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
+use super::api_client;
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 
 #[derive(Subcommand)]
@@ -33,7 +34,7 @@ pub struct ApiArgs {
     /// CA certificate that signed the server's certificate.
     #[arg(long, default_value = "./keygate-data/tls/ca.pem")]
     ca: PathBuf,
-    /// File holding a token with the keys:admin scope; KEYGATE_TOKEN takes precedence.
+    /// File holding the API token; KEYGATE_TOKEN takes precedence.
     #[arg(long, default_value = "./keygate-data/dev-admin.token")]
     token_file: PathBuf,
 }
@@ -55,15 +56,19 @@ pub async fn run(command: KeysCommand) -> i32 {
             println!("{}", pretty(&body));
             EXIT_OK
         }
-        Ok((status, body)) => {
-            eprintln!("error: the server responded {status}: {}", pretty(&body));
-            EXIT_FAILURE
-        }
+        Ok((status, body)) => error_response(status, &body),
         Err(e) => {
             eprintln!("error: {e}");
             EXIT_FAILURE
         }
     }
+}
+
+/// Prints an error response the way the API subcommands do and returns its exit code.
+pub(super) fn error_response(status: http::StatusCode, body: &[u8]) -> i32 {
+    let error = api_client::status_error(status, body);
+    error.print();
+    error.exit_code()
 }
 
 /// Returns the token from `KEYGATE_TOKEN`, or else from `--token-file`.

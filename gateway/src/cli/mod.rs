@@ -2,14 +2,23 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 64 usage or configuration error (EX_USAGE).
 //! `audit verify` exits with 1 for a broken audit log and 2 when it cannot read it.
+//! The API subcommands (`agents`, `tasks`, `secrets`, `definitions`, `keys`,
+//! `audit hash`) also exit 3 for not found, 4 for a conflict or rejected request
+//! and 5 for an unauthorized or forbidden one ([`EXIT_CODES_HELP`]).
 
 mod agent_cmd;
+mod agents_cmd;
+mod api_client;
 mod audit_cmd;
 mod backup_cmd;
 mod config_cmd;
+mod definitions_cmd;
 mod keys_cmd;
+mod output;
 mod reencrypt_cmd;
+mod secrets_cmd;
 mod serve_cmd;
+mod tasks_cmd;
 mod tools_cmd;
 mod vault_cmd;
 
@@ -24,12 +33,33 @@ use crate::logging::LogFormat;
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_USAGE: i32 = 64;
+/// The server responded 404 or 410.
+pub const EXIT_NOT_FOUND: i32 = 3;
+/// The server rejected the request: 409, or another 4xx such as 400 or 422.
+pub const EXIT_REJECTED: i32 = 4;
+/// The server responded 401 or 403.
+pub const EXIT_UNAUTHORIZED: i32 = 5;
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0   success
+  1   failure: a 5xx response, a connection or TLS error, a task that did not succeed
+  2   audit verify: the store or audit file cannot be read
+  3   not found (404, 410)
+  4   conflict or rejected request (409, 400, 422 and other 4xx)
+  5   unauthorized or forbidden (401, 403)
+  64  usage or configuration error
+Codes 3 to 5 come from the API commands; `vault backup` and `vault reencrypt`
+exit 1 for every error response.
+
+API commands take the token from KEYGATE_TOKEN, else from --token-file.";
 
 #[derive(Parser)]
 #[command(
     name = "keygate",
     version,
-    about = "Agent gateway and secret vault for a data-integration platform"
+    about = "Agent gateway and secret vault for a data-integration platform",
+    after_help = EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -76,6 +106,18 @@ enum Command {
     /// Back up and restore the vault store.
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// Create, list, show, disable and enable agents, and rotate their client secrets.
+    #[command(subcommand)]
+    Agents(agents_cmd::AgentsCommand),
+    /// Submit tasks to agents and follow them to their result.
+    #[command(subcommand)]
+    Tasks(tasks_cmd::TasksCommand),
+    /// Write, read, list and manage the versions of hosted secrets.
+    #[command(subcommand)]
+    Secrets(secrets_cmd::SecretsCommand),
+    /// Store, show, list and resolve secret definitions.
+    #[command(subcommand)]
+    Definitions(definitions_cmd::DefinitionsCommand),
 }
 
 #[derive(Subcommand)]
@@ -215,6 +257,10 @@ pub fn main() -> i32 {
             }
             Command::Vault(VaultCommand::WrapKey(args)) => vault_cmd::wrap_key(args).await,
             Command::Vault(VaultCommand::Reencrypt(args)) => reencrypt_cmd::run(args).await,
+            Command::Agents(command) => agents_cmd::run(command).await,
+            Command::Tasks(command) => tasks_cmd::run(command).await,
+            Command::Secrets(command) => secrets_cmd::run(command).await,
+            Command::Definitions(command) => definitions_cmd::run(command).await,
         }
     })
 }

@@ -4,7 +4,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +11,6 @@ use http::uri::{Scheme, Uri};
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -170,7 +168,7 @@ impl JwksClient {
             reason,
         })?;
         let tls = match url.https {
-            true => Some(tls_connector(ca_file)?),
+            true => Some(tls::https_connector(ca_file)?),
             false => None,
         };
         Ok(JwksClient { url, tls })
@@ -291,28 +289,6 @@ where
             Err(e) => Err(FetchError::Http(e.to_string())),
         },
     }
-}
-
-fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, TlsError> {
-    let mut roots = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            for cert in tls::load_certs(path)? {
-                roots.add(cert).map_err(|e| TlsError::Certificates {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let mut config = ClientConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 #[cfg(test)]

@@ -246,6 +246,31 @@ fn key_error(error: rustls::Error, cert: &Path, key: &Path) -> TlsError {
     }
 }
 
+/// Builds the connector of keygate's outbound HTTP/1.1 clients (JWKS fetches,
+/// AWS KMS): it trusts the certificates in `ca_file`, or the Mozilla roots
+/// from `webpki-roots` when none is given.
+pub fn https_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in load_certs(path)? {
+                roots.add(cert).map_err(|e| TlsError::Certificates {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
 /// Builds a client configuration that trusts `ca` and, when given, authenticates with a client certificate.
 pub fn client_config(
     ca: &Path,

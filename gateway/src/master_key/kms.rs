@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -16,7 +15,6 @@ use http::uri::{Scheme, Uri};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::ServerName;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -192,7 +190,7 @@ impl KmsClient {
                 reason,
             })?;
         let tls = match endpoint.https {
-            true => Some(tls_connector(settings.ca_file)?),
+            true => Some(tls::https_connector(settings.ca_file)?),
             false => None,
         };
         Ok(KmsClient {
@@ -500,28 +498,6 @@ fn error_details(status: StatusCode, body: &[u8]) -> (String, String) {
         }
     });
     (code, message)
-}
-
-fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, TlsError> {
-    let mut roots = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            for cert in tls::load_certs(path)? {
-                roots.add(cert).map_err(|e| TlsError::Certificates {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let mut config = ClientConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 #[cfg(test)]

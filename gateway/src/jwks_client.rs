@@ -37,6 +37,69 @@ pub struct JwksUrl {
     path_and_query: String,
 }
 
+/// The checked parts of a URL that keygate calls out to: https, or plain
+/// http only to a loopback host, with no user name or password and no port 0.
+pub(crate) struct OutboundUrl {
+    pub(crate) uri: Uri,
+    pub(crate) https: bool,
+    /// The host without the brackets of an IPv6 literal.
+    pub(crate) host: String,
+    /// The port written in the URL, or the scheme's default.
+    pub(crate) port: u16,
+    /// `host[:port]` as written in the URL, sent as the `Host` header.
+    pub(crate) authority: String,
+}
+
+impl OutboundUrl {
+    /// Parses and checks `text`; `example` is a valid URL that errors quote.
+    pub(crate) fn parse(text: &str, example: &str) -> Result<OutboundUrl, String> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| format!("is not an absolute URL such as {example}: {e}"))?;
+        let https = match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTPS => true,
+            Some(scheme) if *scheme == Scheme::HTTP => false,
+            _ => return Err("must start with https://".into()),
+        };
+
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("must name a host, as in {example}"))?;
+        if authority.as_str().contains('@') {
+            return Err("must not contain a user name or password".into());
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if host.is_empty() {
+            return Err(format!("must name a host, as in {example}"));
+        }
+        if !https && !is_loopback_host(&host) {
+            return Err(
+                "must be an https URL; plain http is allowed only for the loopback hosts 127.0.0.0/8, ::1 and localhost"
+                    .into(),
+            );
+        }
+
+        let port = match authority.port_u16() {
+            Some(0) => return Err("must not use port 0".into()),
+            Some(port) => port,
+            None if https => 443,
+            None => 80,
+        };
+        let authority = authority.as_str().to_owned();
+        Ok(OutboundUrl {
+            uri,
+            https,
+            host,
+            port,
+            authority,
+        })
+    }
+}
+
 impl JwksUrl {
     /// Parses and checks a URL; the error names the rule it breaks.
     pub fn parse(text: &str) -> Result<JwksUrl, String> {
@@ -47,42 +110,8 @@ impl JwksUrl {
             return Err("must not have a fragment (#...)".into());
         }
 
-        let uri: Uri = text
-            .parse()
-            .map_err(|e| format!("is not an absolute URL: {e}"))?;
-        let https = match uri.scheme() {
-            Some(scheme) if *scheme == Scheme::HTTPS => true,
-            Some(scheme) if *scheme == Scheme::HTTP => false,
-            _ => return Err("must start with https://".into()),
-        };
-
-        let authority = uri
-            .authority()
-            .ok_or("must name a host, as in https://host/path")?;
-        if authority.as_str().contains('@') {
-            return Err("must not contain a user name or password".into());
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        if host.is_empty() {
-            return Err("must name a host, as in https://host/path".into());
-        }
-
-        if !https && !is_loopback_host(&host) {
-            return Err(
-                "must be an https URL; plain http is allowed only for the loopback hosts 127.0.0.0/8, ::1 and localhost"
-                    .into(),
-            );
-        }
-        let port = match authority.port_u16() {
-            Some(0) => return Err("must not use port 0".into()),
-            Some(port) => port,
-            None if https => 443,
-            None => 80,
-        };
+        let parts = OutboundUrl::parse(text, "https://host/path")?;
+        let uri = &parts.uri;
 
         let path_and_query = uri
             .path_and_query()
@@ -92,10 +121,10 @@ impl JwksUrl {
             .to_owned();
         Ok(JwksUrl {
             text: text.to_owned(),
-            https,
-            host,
-            port,
-            authority: authority.as_str().to_owned(),
+            https: parts.https,
+            host: parts.host,
+            port: parts.port,
+            authority: parts.authority,
             path_and_query,
         })
     }

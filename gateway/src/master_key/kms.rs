@@ -11,7 +11,6 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
-use http::uri::{Scheme, Uri};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
@@ -22,7 +21,7 @@ use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
 
 use super::sigv4::{self, Credentials, Scope, Timestamp};
-use crate::jwks_client::is_loopback_host;
+use crate::jwks_client::OutboundUrl;
 use crate::tls::{self, TlsError};
 
 /// The encryption context of every master key keygate wraps. KMS binds it to
@@ -63,52 +62,20 @@ impl KmsEndpoint {
         if text.len() > MAX_ENDPOINT_CHARS {
             return Err(format!("must be at most {MAX_ENDPOINT_CHARS} characters"));
         }
-        let uri: Uri = text.parse().map_err(|e| {
-            format!("is not an absolute URL such as https://kms.eu-west-1.amazonaws.com: {e}")
-        })?;
-        let https = match uri.scheme() {
-            Some(scheme) if *scheme == Scheme::HTTPS => true,
-            Some(scheme) if *scheme == Scheme::HTTP => false,
-            _ => return Err("must start with https://".into()),
-        };
-        let authority = uri
-            .authority()
-            .ok_or("must name a host, as in https://kms.eu-west-1.amazonaws.com")?;
-        if authority.as_str().contains('@') {
-            return Err("must not contain a user name or password".into());
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        if host.is_empty() {
-            return Err("must name a host, as in https://kms.eu-west-1.amazonaws.com".into());
-        }
-        if !https && !is_loopback_host(&host) {
-            return Err(
-                "must be an https URL; plain http is allowed only for the loopback hosts 127.0.0.0/8, ::1 and localhost"
-                    .into(),
-            );
-        }
+        let parts = OutboundUrl::parse(text, "https://kms.eu-west-1.amazonaws.com")?;
+        let uri = &parts.uri;
         let path = uri.path_and_query().map_or("", |p| p.as_str());
         if !path.is_empty() && path != "/" {
             return Err(format!(
                 "must not have a path or query ({path:?}); KMS is called at the root of its endpoint"
             ));
         }
-        let port = match authority.port_u16() {
-            Some(0) => return Err("must not use port 0".into()),
-            Some(port) => port,
-            None if https => 443,
-            None => 80,
-        };
         Ok(KmsEndpoint {
             text: text.to_owned(),
-            https,
-            host,
-            port,
-            authority: authority.as_str().to_owned(),
+            https: parts.https,
+            host: parts.host,
+            port: parts.port,
+            authority: parts.authority,
         })
     }
 

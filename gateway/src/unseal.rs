@@ -18,7 +18,7 @@ use crate::state::SharedState;
 
 /// Wait before the first retry; it doubles after each failure.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
-/// Longest wait between two attempts.
+/// Maximum wait between two attempts.
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
 /// Why one attempt to unseal failed; the text is the cause callers see in
@@ -44,7 +44,7 @@ impl UnsealError {
     }
 }
 
-/// What unsealing needs besides the server state.
+/// The inputs of unsealing besides the server state.
 pub struct Unsealer {
     config: Config,
     store: Arc<dyn KvStore>,
@@ -112,7 +112,7 @@ impl Unsealer {
 }
 
 /// Retries unsealing until it succeeds or the server shuts down. Each failure
-/// updates the cause that sealed-vault answers show.
+/// updates the cause that sealed-vault responses show.
 pub async fn retry_until_unsealed(
     state: SharedState,
     unsealer: Unsealer,

@@ -47,7 +47,7 @@ pub fn moto_server_path() -> PathBuf {
     path
 }
 
-/// The environment variables a KMS client under test gets: the dummy
+/// Returns the environment variables a KMS client under test gets: the dummy
 /// credentials, and the AWS SDKs' instance-metadata lookup switched off.
 pub fn aws_env() -> Vec<(String, String)> {
     vec![

@@ -134,7 +134,7 @@ pub struct AuditOptions {
     pub sync_reads: bool,
 }
 
-/// Longest time read records stay in the write-ahead log without a sync
+/// Maximum time read records stay in the write-ahead log without a sync
 /// when [`AuditOptions::sync_reads`] is false, in milliseconds.
 pub const UNSYNCED_READS_MAX_MS: u64 = 200;
 
@@ -341,7 +341,7 @@ impl AuditLog {
                 drop(head);
                 let cause = AuditError::Store(error).to_string();
                 if self.shared.set_failure(Some(cause.clone())).as_ref() != Some(&cause) {
-                    tracing::error!(error = %cause, "writing an audit record failed; the access it describes is refused");
+                    tracing::error!(error = %cause, "writing an audit record failed; the access it describes is rejected");
                 }
                 Err(AuditError::Unavailable { cause })
             }

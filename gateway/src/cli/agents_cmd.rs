@@ -182,7 +182,7 @@ fn print_with_secret(
             // The secret exists only in this response, so it is printed rather than lost.
             print_json(&body);
             return Err(CliError::Failed(format!(
-                "cannot write --client-secret-file {}: {e}; the response above holds the client secret",
+                "cannot write --client-secret-file {}: {e}; the response above contains the client secret",
                 path.display()
             )));
         }

@@ -197,7 +197,7 @@ fn problem_detail(body: &[u8]) -> String {
         })
 }
 
-/// Which part of a list to fetch.
+/// The part of a list to fetch.
 #[derive(Args)]
 pub struct PageArgs {
     /// Fetch one page of at most this many items (1 to 1000) instead of every page.

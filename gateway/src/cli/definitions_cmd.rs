@@ -25,7 +25,7 @@ pub enum DefinitionsCommand {
 struct DefinitionRef {
     /// The definition's name: 1 to 256 bytes of UTF-8 without control characters.
     name: String,
-    /// The project that holds the definition.
+    /// The project that contains the definition.
     #[arg(long, env = "KEYGATE_PROJECT")]
     project: String,
 }

@@ -42,7 +42,7 @@ pub enum SecretsCommand {
 struct SecretRef {
     /// The secret's name: 1 to 256 bytes of UTF-8 without control characters.
     name: String,
-    /// The project that holds the secret.
+    /// The project that contains the secret.
     #[arg(long, env = "KEYGATE_PROJECT")]
     project: String,
 }

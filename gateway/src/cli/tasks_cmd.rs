@@ -30,7 +30,7 @@ pub enum TasksCommand {
 pub struct SubmitArgs {
     /// The agent that runs the task.
     agent_id: String,
-    /// What the agent runs: 1 to 64 characters of a-z, 0-9, `_`, `-` and `.`.
+    /// The kind of task the agent runs: 1 to 64 characters of a-z, 0-9, `_`, `-` and `.`.
     #[arg(long)]
     kind: String,
     /// The task's JSON payload, passed to the agent as is.

@@ -158,7 +158,7 @@ fn default_refetch_cooldown_secs() -> u64 {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VaultConfig {
-    /// Where the master key comes from at start: a file, an environment variable or AWS KMS.
+    /// The source of the master key at start: a file, an environment variable or AWS KMS.
     pub master_key_source: MasterKeySourceKind,
     /// 32-byte master key file (mode 0600); unset means `data_dir/keys/master.key`.
     pub master_key_file: Option<PathBuf>,
@@ -176,8 +176,8 @@ pub struct VaultConfig {
     /// Whether the audit records of reads wait for the disk, like those of
     /// changes; unset means false (they are synced within 200 ms).
     pub audit_sync_reads: Option<bool>,
-    /// Versions a secret keeps unless its own `max_versions` says otherwise;
-    /// unset means 10.
+    /// Versions a secret keeps unless its own `max_versions` sets another
+    /// number; unset means 10.
     pub default_max_versions: Option<u32>,
     /// Encryptions after which a project's data key is replaced by a new
     /// version; unset means 2^24 (16777216).
@@ -185,7 +185,7 @@ pub struct VaultConfig {
 }
 
 impl VaultConfig {
-    /// The vault's options from this section, with defaults for unset ones.
+    /// Returns the vault's options from this section, with defaults for unset ones.
     pub fn vault_options(&self) -> keygate_vault::VaultOptions {
         let defaults = keygate_vault::VaultOptions::default();
         keygate_vault::VaultOptions {

@@ -26,7 +26,7 @@ impl ListenerKind {
     }
 }
 
-/// What a version-changing route does to the versions it names.
+/// The change a version-changing route applies to the versions it names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VersionChange {
     Delete,

@@ -40,7 +40,7 @@ pub const MAX_VERSIONS_LIMIT: u32 = 1000;
 /// Settings of a [`Vault`] that the operator chooses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VaultOptions {
-    /// Versions a secret keeps unless its own `max_versions` says otherwise
+    /// Versions a secret keeps unless its own `max_versions` sets another number
     /// (1 to [`MAX_VERSIONS_LIMIT`]). Older versions are purged on write.
     pub default_max_versions: u32,
     /// Encryptions a data key performs before a new data-key version replaces

@@ -15,7 +15,7 @@ fn data_key_version_of(vault: &Vault, name: &str, version: u32) -> u32 {
 }
 
 #[test]
-fn rotated_data_key_seals_new_writes_and_old_versions_stay_readable() {
+fn data_key_rotation_keeps_old_readable() {
     let vault = memory_vault();
     vault.put_secret(&project(), "db", &text("old")).unwrap();
     let status = vault.rotate_data_key(&project()).unwrap();
@@ -52,7 +52,7 @@ fn rotated_data_key_seals_new_writes_and_old_versions_stay_readable() {
 }
 
 #[test]
-fn data_key_rotates_after_its_maximum_number_of_encryptions() {
+fn data_key_encryption_limit() {
     let vault = Vault::with_options(
         Arc::new(MemStore::new()),
         MasterKey::generate(),
@@ -142,7 +142,7 @@ fn master_rotation_reseals_keys_and_leaves_ciphertexts_alone() {
 }
 
 #[test]
-fn master_rotation_with_a_wrong_current_key_writes_nothing() {
+fn master_rotation_wrong_key() {
     let store: Arc<dyn KvStore> = Arc::new(MemStore::new());
     let vault = Vault::new(Arc::clone(&store), MasterKey::from_bytes(&[1; 32]).unwrap());
     vault.verify_master_key().unwrap();
@@ -160,7 +160,7 @@ fn master_rotation_with_a_wrong_current_key_writes_nothing() {
 }
 
 #[test]
-fn reencryption_moves_old_ciphertexts_and_resumes_from_its_cursor() {
+fn reencryption_resumes_from_cursor() {
     let store: Arc<dyn KvStore> = Arc::new(MemStore::new());
     let vault = Vault::new(Arc::clone(&store), MasterKey::from_bytes(&[1; 32]).unwrap());
     for n in 0..5 {

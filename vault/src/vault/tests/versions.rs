@@ -61,7 +61,7 @@ fn check_and_set_sequence() {
 }
 
 #[test]
-fn cas_on_missing_secret_reports_it_does_not_exist() {
+fn cas_on_missing_secret() {
     let vault = memory_vault();
     let error = vault
         .put_secret_with(&project(), "new", &text("v"), &cas(3))
@@ -116,7 +116,7 @@ fn oldest_versions_beyond_the_maximum_are_purged() {
 }
 
 #[test]
-fn per_secret_maximum_overrides_default_and_purges_at_once() {
+fn per_secret_max_versions() {
     let vault = vault_keeping(10);
     for n in 1..=6 {
         vault
@@ -240,7 +240,7 @@ fn soft_delete_undelete_and_destroy() {
 }
 
 #[test]
-fn a_bad_version_in_a_list_changes_nothing() {
+fn version_list_with_unknown_version() {
     let vault = memory_vault();
     vault.put_secret(&project(), "db", &text("one")).unwrap();
     let error = vault
@@ -265,7 +265,7 @@ fn a_bad_version_in_a_list_changes_nothing() {
 }
 
 #[test]
-fn deleting_a_secret_removes_every_version_and_frees_the_name() {
+fn delete_secret_frees_name() {
     let vault = memory_vault();
     vault.put_secret(&project(), "db", &text("one")).unwrap();
     vault.put_secret(&project(), "db", &text("two")).unwrap();

@@ -26,6 +26,7 @@ pub mod server;
 pub mod session;
 pub mod signing;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod trusted_issuers;
 pub mod unseal;

@@ -51,6 +51,13 @@ pub const OPTION_PATHS: &[&str] = &[
     "gateway.tls_handshake_timeout_ms",
     "gateway.shutdown_grace_ms",
     "http.max_body_bytes",
+    "telemetry.otlp_endpoint",
+    "telemetry.otlp_ca_file",
+    "telemetry.otlp_timeout_ms",
+    "telemetry.otlp_max_queue_spans",
+    "telemetry.otlp_max_batch_spans",
+    "telemetry.otlp_export_interval_ms",
+    "telemetry.service_name",
 ];
 
 /// Returns the variable that sets the option at `path`.

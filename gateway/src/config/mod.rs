@@ -2,8 +2,10 @@
 
 pub mod env;
 mod master_key;
+mod telemetry;
 
 pub use master_key::{AwsKmsConfig, MasterKeySourceKind, DEFAULT_MASTER_KEY_ENV};
+pub use telemetry::{OtlpHeaders, TelemetryConfig};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,6 +50,7 @@ pub struct Config {
     pub vault: VaultConfig,
     pub gateway: GatewayConfig,
     pub http: HttpConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -239,6 +242,7 @@ impl Default for Config {
             vault: VaultConfig::default(),
             gateway: GatewayConfig::default(),
             http: HttpConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -429,6 +433,7 @@ impl Config {
         problems.extend(self.validate_trusted_issuers().err());
         problems.extend(master_key::problems(self));
         problems.extend(check_backup_dir(self).err());
+        problems.extend(telemetry::problems(self));
         if self
             .vault
             .audit_file

@@ -22,6 +22,10 @@ pub struct AgentRecord {
     pub created_at_ms: u64,
     #[serde(default)]
     pub disabled: bool,
+    /// While paused, the agent keeps its session and finishes running tasks,
+    /// and new tasks queue until it is resumed or they time out.
+    #[serde(default)]
+    pub paused: bool,
     /// The secret replaced by the last rotation, accepted until its end of overlap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret: Option<PreviousSecret>,
@@ -95,6 +99,7 @@ impl AgentDirectory {
             secret_hash: secret.hash(),
             created_at_ms: crate::now_ms(),
             disabled: false,
+            paused: false,
             previous_secret: None,
             tokens_valid_from: 0,
             projects,
@@ -193,6 +198,11 @@ impl AgentDirectory {
                 record.tokens_valid_from = next_second();
             }
         })
+    }
+
+    /// Pauses or resumes task delivery to an agent.
+    pub fn set_paused(&self, agent_id: &str, paused: bool) -> Result<AgentRecord, DirectoryError> {
+        self.update(agent_id, |record| record.paused = paused)
     }
 
     /// Replaces the client secret, keeps the old one valid for `overlap_ms`, and

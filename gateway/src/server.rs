@@ -25,10 +25,11 @@ use crate::listener;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::reencrypt::ReencryptJob;
-use crate::relay::TaskTable;
+use crate::relay::{AgentGates, TaskTable};
 use crate::session::SessionRegistry;
 use crate::signing::{SigningKeys, SigningSettings};
 use crate::state::{AppState, SharedState};
+use crate::telemetry::Telemetry;
 use crate::tls::reload::TlsReloader;
 use crate::tls::{ServerTlsFiles, TlsError};
 use crate::trusted_issuers::{TrustedIssuerError, TrustedIssuers};
@@ -56,6 +57,8 @@ pub enum StartError {
     TrustedIssuer(#[from] TrustedIssuerError),
     #[error("cannot start the audit log: {0}")]
     Audit(#[from] keygate_vault::audit::AuditError),
+    #[error("cannot start the span exporter: {0}")]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// A running server.
@@ -144,6 +147,8 @@ impl Server {
             },
         );
         let verifier = CachedVerifier::new(verifier, auth.verified_token_cache_size);
+        let metrics = Metrics::new();
+        let telemetry = Telemetry::start(&config.telemetry, &metrics, &instance_id(api_addr))?;
         let state: SharedState = Arc::new(AppState {
             signing,
             verifier,
@@ -154,7 +159,9 @@ impl Server {
             audit,
             sessions: SessionRegistry::default(),
             tasks: TaskTable::new(config.gateway.max_finished_tasks),
-            metrics: Metrics::new(),
+            gates: AgentGates::default(),
+            telemetry,
+            metrics,
             login_limiter: RateLimiter::new(config.auth.token_requests_per_minute),
             reencrypt: ReencryptJob::default(),
             config,
@@ -258,8 +265,22 @@ impl Server {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.state.telemetry.shutdown().await;
         info!("keygate stopped");
     }
+}
+
+/// Names this process in exported spans: the host name and the API port.
+fn instance_id(api_addr: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "localhost".to_owned()
+    } else {
+        host
+    };
+    format!("{host}:{}", api_addr.port())
 }
 
 /// Drops finished tasks past their retention and signing keys past theirs.

@@ -11,9 +11,10 @@ use crate::directory::AgentDirectory;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::reencrypt::ReencryptJob;
-use crate::relay::TaskTable;
+use crate::relay::{AgentGates, TaskTable};
 use crate::session::SessionRegistry;
 use crate::signing::SigningKeys;
+use crate::telemetry::Telemetry;
 use crate::trusted_issuers::TrustedIssuers;
 use crate::vault_slot::VaultSlot;
 
@@ -33,6 +34,10 @@ pub struct AppState {
     pub agents: AgentDirectory,
     pub sessions: SessionRegistry,
     pub tasks: TaskTable,
+    /// Per-agent pause switches and queue counts of the relay.
+    pub gates: AgentGates,
+    /// Span export to an OTLP collector; does nothing when none is configured.
+    pub telemetry: Telemetry,
     pub metrics: Metrics,
     /// Logins per client id at the agent token endpoint.
     pub login_limiter: RateLimiter,

@@ -43,11 +43,13 @@ fn seeds() -> Vec<(&'static str, u8, Vec<Frame>)> {
         task_id: "t-1".to_owned(),
         kind: "echo".to_owned(),
         timeout_ms: 5_000,
+        traceparent: None,
         payload: Bytes::from_static(b"{\"n\":1}"),
     };
     let task_result = Frame::TaskResult {
         task_id: "t-1".to_owned(),
         outcome: TaskOutcome::Failed,
+        traceparent: None,
         payload: Bytes::from_static(b"exit 1"),
     };
     let ping = Frame::Ping { nonce: 1 };

@@ -87,12 +87,31 @@ pub(crate) fn decode_contents(contents: &[u8]) -> Result<Frame, FrameError> {
             task_id: reader.read_str("task.task_id")?,
             kind: reader.read_str("task.kind")?,
             timeout_ms: reader.read_u32("task.timeout_ms")?,
+            traceparent: None,
+            payload: reader.read_bytes("task.payload")?,
+        },
+        frame::TRACED_TASK => Frame::Task {
+            task_id: reader.read_str("task.task_id")?,
+            kind: reader.read_str("task.kind")?,
+            timeout_ms: reader.read_u32("task.timeout_ms")?,
+            traceparent: Some(reader.read_str("task.traceparent")?),
             payload: reader.read_bytes("task.payload")?,
         },
         frame::TASK_RESULT => Frame::TaskResult {
             task_id: reader.read_str("task_result.task_id")?,
             outcome: TaskOutcome::try_from(reader.read_u8("task_result.outcome")?)?,
+            traceparent: None,
             payload: reader.read_bytes("task_result.payload")?,
+        },
+        frame::TRACED_TASK_RESULT => Frame::TaskResult {
+            task_id: reader.read_str("task_result.task_id")?,
+            outcome: TaskOutcome::try_from(reader.read_u8("task_result.outcome")?)?,
+            traceparent: Some(reader.read_str("task_result.traceparent")?),
+            payload: reader.read_bytes("task_result.payload")?,
+        },
+        frame::CANCEL_TASK => Frame::CancelTask {
+            task_id: reader.read_str("cancel_task.task_id")?,
+            reason: reader.read_str("cancel_task.reason")?,
         },
         frame::PING => Frame::Ping {
             nonce: reader.read_u64("ping.nonce")?,

@@ -111,37 +111,57 @@ impl Frame {
                 task_id,
                 kind,
                 timeout_ms,
+                traceparent,
                 payload,
-            } => vec![
-                Field::Str {
-                    name: "task.task_id",
-                    value: task_id,
-                },
-                Field::Str {
-                    name: "task.kind",
-                    value: kind,
-                },
-                Field::U32(*timeout_ms),
-                Field::Bytes {
+            } => {
+                let mut fields = vec![
+                    Field::Str {
+                        name: "task.task_id",
+                        value: task_id,
+                    },
+                    Field::Str {
+                        name: "task.kind",
+                        value: kind,
+                    },
+                    Field::U32(*timeout_ms),
+                ];
+                if let Some(traceparent) = traceparent {
+                    fields.push(Field::Str {
+                        name: "task.traceparent",
+                        value: traceparent,
+                    });
+                }
+                fields.push(Field::Bytes {
                     name: "task.payload",
                     value: payload,
-                },
-            ],
+                });
+                fields
+            }
             Frame::TaskResult {
                 task_id,
                 outcome,
+                traceparent,
                 payload,
-            } => vec![
-                Field::Str {
-                    name: "task_result.task_id",
-                    value: task_id,
-                },
-                Field::U8(*outcome as u8),
-                Field::Bytes {
+            } => {
+                let mut fields = vec![
+                    Field::Str {
+                        name: "task_result.task_id",
+                        value: task_id,
+                    },
+                    Field::U8(*outcome as u8),
+                ];
+                if let Some(traceparent) = traceparent {
+                    fields.push(Field::Str {
+                        name: "task_result.traceparent",
+                        value: traceparent,
+                    });
+                }
+                fields.push(Field::Bytes {
                     name: "task_result.payload",
                     value: payload,
-                },
-            ],
+                });
+                fields
+            }
             Frame::Ping { nonce } | Frame::Pong { nonce } => vec![Field::U64(*nonce)],
             Frame::GoAway {
                 reason,
@@ -160,6 +180,16 @@ impl Frame {
                 value: access_token,
             }],
             Frame::TokenAccepted { expires_in_ms } => vec![Field::U64(*expires_in_ms)],
+            Frame::CancelTask { task_id, reason } => vec![
+                Field::Str {
+                    name: "cancel_task.task_id",
+                    value: task_id,
+                },
+                Field::Str {
+                    name: "cancel_task.reason",
+                    value: reason,
+                },
+            ],
         }
     }
 }

@@ -13,6 +13,9 @@ pub(crate) const PONG: u8 = 6;
 pub(crate) const GO_AWAY: u8 = 7;
 pub(crate) const TOKEN_REFRESH: u8 = 8;
 pub(crate) const TOKEN_ACCEPTED: u8 = 9;
+pub(crate) const TRACED_TASK: u8 = 10;
+pub(crate) const TRACED_TASK_RESULT: u8 = 11;
+pub(crate) const CANCEL_TASK: u8 = 12;
 
 /// One message of an agent session, in either direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,19 +40,25 @@ pub enum Frame {
         /// Heartbeat interval in milliseconds, chosen by the gateway.
         heartbeat_interval_ms: u32,
     },
-    /// Gateway to agent: a task to run (type 3).
+    /// Gateway to agent: a task to run (type 3, or type 10 with a trace context).
     Task {
         task_id: String,
         /// Task kind, which selects the handler on the agent.
         kind: String,
         /// Time limit for the task, in milliseconds.
         timeout_ms: u32,
+        /// W3C `traceparent` of the gateway's span for this task. Present only
+        /// on protocol version 3 and later, where it makes the frame type 10.
+        traceparent: Option<String>,
         payload: Bytes,
     },
-    /// Agent to gateway: the result of a `Task` (type 4).
+    /// Agent to gateway: the result of a `Task` (type 4, or type 11 with a
+    /// trace context).
     TaskResult {
         task_id: String,
         outcome: TaskOutcome,
+        /// W3C `traceparent` of the agent's span that ran the task; version 3 and later.
+        traceparent: Option<String>,
         payload: Bytes,
     },
     /// Liveness probe, either direction (type 5). The receiver returns a
@@ -74,6 +83,13 @@ pub enum Frame {
         /// Milliseconds until the new token expires.
         expires_in_ms: u64,
     },
+    /// Gateway to agent, protocol version 3 and later: stop running the task;
+    /// its result, if one still comes, is ignored (type 12).
+    CancelTask {
+        task_id: String,
+        /// Human-readable detail, for logs.
+        reason: String,
+    },
 }
 
 impl Frame {
@@ -82,13 +98,20 @@ impl Frame {
         match self {
             Frame::Hello { .. } => HELLO,
             Frame::Welcome { .. } => WELCOME,
-            Frame::Task { .. } => TASK,
-            Frame::TaskResult { .. } => TASK_RESULT,
+            Frame::Task {
+                traceparent: None, ..
+            } => TASK,
+            Frame::Task { .. } => TRACED_TASK,
+            Frame::TaskResult {
+                traceparent: None, ..
+            } => TASK_RESULT,
+            Frame::TaskResult { .. } => TRACED_TASK_RESULT,
             Frame::Ping { .. } => PING,
             Frame::Pong { .. } => PONG,
             Frame::GoAway { .. } => GO_AWAY,
             Frame::TokenRefresh { .. } => TOKEN_REFRESH,
             Frame::TokenAccepted { .. } => TOKEN_ACCEPTED,
+            Frame::CancelTask { .. } => CANCEL_TASK,
         }
     }
 
@@ -104,6 +127,7 @@ impl Frame {
             Frame::GoAway { .. } => "go_away",
             Frame::TokenRefresh { .. } => "token_refresh",
             Frame::TokenAccepted { .. } => "token_accepted",
+            Frame::CancelTask { .. } => "cancel_task",
         }
     }
 }

@@ -29,6 +29,13 @@
 //! | 7    | `GoAway`     | gateway → agent | `reason: u8` (see [`GoAwayReason`]), `reconnect_after_ms: u32`, `message: str` |
 //! | 8    | `TokenRefresh` | agent → gateway, version 2 | `access_token: str` |
 //! | 9    | `TokenAccepted` | gateway → agent, version 2 | `expires_in_ms: u64` |
+//! | 10   | `Task` with trace context | gateway → agent, version 3 | `task_id: str`, `kind: str`, `timeout_ms: u32`, `traceparent: str`, `payload: bytes` |
+//! | 11   | `TaskResult` with trace context | agent → gateway, version 3 | `task_id: str`, `outcome: u8`, `traceparent: str`, `payload: bytes` |
+//! | 12   | `CancelTask` | gateway → agent, version 3 | `task_id: str`, `reason: str` |
+//!
+//! Types 10 and 11 decode to [`Frame::Task`] and [`Frame::TaskResult`] with
+//! `traceparent` set; the field holds a W3C Trace Context `traceparent` header
+//! value.
 //!
 //! Decoding is strict. The decoder rejects a length prefix of 0, or one above
 //! the receiver's maximum frame size ([`DEFAULT_MAX_FRAME_BYTES`] unless
@@ -71,11 +78,12 @@ pub use frame::{Frame, GoAwayReason, TaskOutcome};
 /// Protocol version implemented by this crate, sent in `Hello` and `Welcome`.
 ///
 /// Version 2 adds `TokenRefresh`, `TokenAccepted` and the `TokenExpired`
-/// reason of `GoAway`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// reason of `GoAway`. Version 3 adds the trace context of tasks and results
+/// (types 10 and 11) and `CancelTask`.
+pub const PROTOCOL_VERSION: u16 = 3;
 
-/// Oldest protocol version a gateway still accepts in `Hello`. A version 1
-/// session gets neither version 2 frames nor the `TokenExpired` reason.
+/// Oldest protocol version a gateway still accepts in `Hello`. A session gets
+/// only the frames and reasons of the version agreed in `Welcome`.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// Default maximum frame length in bytes, counting the type byte and the body

@@ -94,7 +94,7 @@ fn zero_length_is_empty_frame() {
 
 #[test]
 fn unknown_frame_types_named() {
-    for frame_type in [0, 10, 255] {
+    for frame_type in [0, 13, 255] {
         let error = decode_error(&raw_frame(frame_type, &[]));
 
         assert_eq!(error, FrameError::UnknownFrameType { frame_type });
@@ -267,6 +267,7 @@ fn trailing_bytes_after_payload_counted() {
     let mut encoded = encode_to_vec(&Frame::TaskResult {
         task_id: "t".to_owned(),
         outcome: keygate_protocol::TaskOutcome::Succeeded,
+        traceparent: None,
         payload: bytes::Bytes::from_static(b"done"),
     });
     // Grow the length prefix by one and append one byte inside the frame.

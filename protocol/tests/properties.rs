@@ -42,21 +42,31 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                 heartbeat_interval_ms,
             }
         ),
-        (text(), text(), any::<u32>(), payload()).prop_map(
-            |(task_id, kind, timeout_ms, payload)| Frame::Task {
+        (
+            text(),
+            text(),
+            any::<u32>(),
+            prop::option::of(text()),
+            payload()
+        )
+            .prop_map(
+                |(task_id, kind, timeout_ms, traceparent, payload)| Frame::Task {
+                    task_id,
+                    kind,
+                    timeout_ms,
+                    traceparent,
+                    payload,
+                }
+            ),
+        (text(), outcome(), prop::option::of(text()), payload()).prop_map(
+            |(task_id, outcome, traceparent, payload)| Frame::TaskResult {
                 task_id,
-                kind,
-                timeout_ms,
+                outcome,
+                traceparent,
                 payload,
             }
         ),
-        (text(), outcome(), payload()).prop_map(|(task_id, outcome, payload)| {
-            Frame::TaskResult {
-                task_id,
-                outcome,
-                payload,
-            }
-        }),
+        (text(), text()).prop_map(|(task_id, reason)| Frame::CancelTask { task_id, reason }),
         any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
         (go_away_reason(), any::<u32>(), text()).prop_map(

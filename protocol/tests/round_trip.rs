@@ -41,6 +41,7 @@ fn empty_fields_round_trip() {
         task_id: String::new(),
         kind: String::new(),
         timeout_ms: 0,
+        traceparent: None,
         payload: Bytes::new(),
     };
     let encoded = encode_to_vec(&frame);
@@ -112,6 +113,7 @@ fn task_result_wire_layout() {
     let frame = Frame::TaskResult {
         task_id: "t".to_owned(),
         outcome: TaskOutcome::Failed,
+        traceparent: None,
         payload: Bytes::from_static(&[0xAB, 0xCD]),
     };
 
@@ -136,17 +138,45 @@ fn ping_wire_layout() {
 }
 
 #[test]
+fn traced_task_layout() {
+    let frame = Frame::Task {
+        task_id: "t".to_owned(),
+        kind: "k".to_owned(),
+        timeout_ms: 1,
+        traceparent: Some("tp".to_owned()),
+        payload: Bytes::from_static(b"p"),
+    };
+
+    let expected: &[u8] = &[
+        0, 0, 0, 20, // length
+        10, // type: task with trace context
+        0, 1, b't', // task_id
+        0, 1, b'k', // kind
+        0, 0, 0, 1, // timeout_ms
+        0, 2, b't', b'p', // traceparent
+        0, 0, 0, 1, b'p', // payload
+    ];
+    assert_eq!(encode_to_vec(&frame), expected);
+}
+
+#[test]
 fn frame_type_and_name_per_variant() {
     let expected = [
         (1, "hello"),
         (2, "welcome"),
         (3, "task"),
+        (10, "task"),
         (4, "task_result"),
+        (11, "task_result"),
         (4, "task_result"),
         (5, "ping"),
         (6, "pong"),
         (7, "go_away"),
+        (8, "token_refresh"),
+        (9, "token_accepted"),
+        (12, "cancel_task"),
     ];
+    assert_eq!(sample_frames().len(), expected.len());
 
     for (frame, (frame_type, name)) in sample_frames().iter().zip(expected) {
         assert_eq!(frame.frame_type(), frame_type, "{frame:?}");

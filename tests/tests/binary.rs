@@ -177,6 +177,31 @@ async fn newcomer_walkthrough_and_log_scan() {
     assert_eq!(last.0, StatusCode::OK, "{}", last.1);
     assert_eq!(last.1["result"], json!({"ping": "pong"}));
 
+    // A task submitted with a W3C traceparent: every log line about it, on
+    // the server and on the agent, names its trace.
+    let trace_id = "5c0a2b6e9f3d4a1b8c7d6e5f4a3b2c1d";
+    let (status, _, traced) = api
+        .send(
+            Method::POST,
+            &task_path,
+            &[
+                (http::header::CONTENT_TYPE, "application/json".to_owned()),
+                (
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {}", admin.trim()),
+                ),
+                (
+                    http::HeaderName::from_static("traceparent"),
+                    format!("00-{trace_id}-1a2b3c4d5e6f7a8b-01"),
+                ),
+            ],
+            bytes::Bytes::from_static(b"{\"kind\": \"echo\", \"payload\": 1}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{traced:?}");
+    let traced: serde_json::Value = serde_json::from_slice(&traced).unwrap();
+    let traced_task = traced["id"].as_str().unwrap().to_owned();
+
     let secret_value = format!(
         "walkthrough-secret-{}",
         keygate_gateway::directory::random_hex(8)
@@ -303,6 +328,22 @@ async fn newcomer_walkthrough_and_log_scan() {
         logs.contains("agent session closed by the agent"),
         "a stopped agent ends its session cleanly"
     );
+    let agent_lines = std::fs::read_to_string(&agent_log).unwrap();
+    assert!(
+        agent_lines.lines().any(|l| l.contains(&traced_task)),
+        "control: the agent logged the traced task"
+    );
+    let task_lines: Vec<&str> = logs.lines().filter(|l| l.contains(&traced_task)).collect();
+    assert!(
+        task_lines.len() >= 3,
+        "control: the task's log lines: {task_lines:?}"
+    );
+    for line in task_lines {
+        assert!(
+            line.contains(trace_id),
+            "a log line of task {traced_task} lacks its trace id: {line}"
+        );
+    }
     for (what, needle) in [
         ("secret value", secret_value.as_str()),
         ("client secret", client_secret.as_str()),

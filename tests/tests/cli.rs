@@ -479,7 +479,7 @@ async fn agents_create_and_list() {
     assert_eq!(rows.len(), 2, "{}", describe(&out));
     assert!(rows[0].starts_with("ID"), "{}", describe(&out));
     let cells: Vec<&str> = rows[1].split_whitespace().collect();
-    assert_eq!(cells[..5], [id.as_str(), "edge-1", "false", "false", "etl"]);
+    assert_eq!(cells[..4], [id.as_str(), "edge-1", "not_connected", "etl"]);
 
     let out = keygate(
         &server,
@@ -577,6 +577,116 @@ async fn tasks_submit_and_wait() {
     .await;
     assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
     let out = keygate(&server, token, &["tasks", "get", "tsk_doesnotexist"], b"").await;
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_pause_resume_restart_and_task_cancel() {
+    let server = TestServer::start().await;
+    let token = &server.admin_token;
+    let creds = server.create_agent(ACCOUNT).await;
+    let agent = server.start_agent(&creds, 1).await;
+    let id = creds.id.as_str();
+
+    let out = keygate(&server, token, &["agents", "pause", id], b"").await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        stdout(&out)
+            .lines()
+            .any(|line| line.split_whitespace().eq(["status", "paused"])),
+        "{}",
+        describe(&out)
+    );
+
+    let submit = [
+        "tasks",
+        "submit",
+        id,
+        "--kind",
+        "echo",
+        "--payload",
+        "1",
+        "--wait-ms",
+        "0",
+        "--output",
+        "json",
+    ];
+    let out = keygate(&server, token, &submit, b"").await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let task = json_output(&out);
+    assert_eq!(task["status"], "queued");
+    let task_id = task["id"].as_str().unwrap().to_owned();
+
+    let out = keygate(
+        &server,
+        token,
+        &["tasks", "cancel", &task_id, "--output", "json"],
+        b"",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(json_output(&out)["status"], "cancelled");
+    let out = keygate(&server, token, &["tasks", "cancel", &task_id], b"").await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "cancelling a finished task is refused: {}",
+        describe(&out)
+    );
+    assert!(stderr(&out).contains("already ended"), "{}", describe(&out));
+
+    let out = keygate(
+        &server,
+        token,
+        &["agents", "resume", id, "--output", "json"],
+        b"",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(json_output(&out)["status"], "connected");
+
+    let out = keygate(
+        &server,
+        token,
+        &["agents", "restart", id, "--output", "json"],
+        b"",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(json_output(&out)["restart"]["in_flight"], 0);
+    let out = keygate(
+        &server,
+        token,
+        &[
+            "tasks",
+            "submit",
+            id,
+            "--kind",
+            "echo",
+            "--payload",
+            "2",
+            "--output",
+            "json",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the task waits for the restarted session: {}",
+        describe(&out)
+    );
+    assert_eq!(json_output(&out)["result"], 2);
+
+    let out = keygate(
+        &server,
+        token,
+        &["agents", "pause", "agt_doesnotexist"],
+        b"",
+    )
+    .await;
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     agent.stop().await;
 }

@@ -13,14 +13,15 @@ use keygate_protocol::{Frame, FrameDecoder, TaskOutcome, PROTOCOL_VERSION};
 use rustls::{AlertDescription, ClientConfig};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_rustls::TlsConnector;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use super::tls_rejection::{rejected_certificate_alert, FirstRead, FirstReadWatch};
 use super::{AgentOptions, TaskHandler, TaskHandlers};
 use crate::http::body::ChannelBody;
 use crate::session::encode_frame;
+use crate::telemetry::TraceContext;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -115,6 +116,7 @@ pub async fn run_session(
     // Refreshing needs protocol version 2 on both sides; Welcome carries the session's version.
     let mut refresh_at: Option<tokio::time::Instant> = None;
 
+    let running = RunningTasks::default();
     let end = loop {
         let frame = tokio::select! {
             frame = next_frame(&mut body, &mut decoder) => frame?,
@@ -163,6 +165,7 @@ pub async fn run_session(
                 task_id,
                 kind,
                 timeout_ms,
+                traceparent,
                 payload,
             }) => {
                 let permit = slots
@@ -172,11 +175,36 @@ pub async fn run_session(
                     .expect("the semaphore is never closed");
                 let handler = handlers.get(&kind);
                 let tx = frames_tx.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let frame = execute(handler, task_id, kind, timeout_ms, payload).await;
-                    let _ = tx.send(encode_frame(&frame)).await;
-                });
+                let trace = task_trace(traceparent.as_deref());
+                let span = tracing::info_span!(
+                    "task",
+                    task.id = %task_id,
+                    trace.id = %trace.as_ref().map(TraceContext::trace_id_hex).unwrap_or_default()
+                );
+                let (cancel_tx, cancel_rx) = oneshot::channel();
+                running.insert(task_id.clone(), cancel_tx);
+                let running = running.clone();
+                tokio::spawn(
+                    async move {
+                        let _permit = permit;
+                        let id = task_id.clone();
+                        tokio::select! {
+                            frame = execute(handler, task_id, kind, timeout_ms, payload, trace.map(|t| t.to_header())) => {
+                                running.remove(&id);
+                                let _ = tx.send(encode_frame(&frame)).await;
+                            }
+                            Ok(reason) = cancel_rx => {
+                                info!(%reason, "task cancelled by the gateway");
+                            }
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+            Some(Frame::CancelTask { task_id, reason }) => {
+                if !running.cancel(&task_id, reason) {
+                    debug!(task.id = %task_id, "cancel for a task that is not running");
+                }
             }
             Some(Frame::Ping { nonce }) => {
                 let _ = frames_tx.send(encode_frame(&Frame::Pong { nonce })).await;
@@ -379,6 +407,52 @@ async fn next_frame(
     }
 }
 
+/// Tasks this session runs, with the switch that stops each one.
+#[derive(Clone, Default)]
+struct RunningTasks {
+    cancels: Arc<std::sync::Mutex<std::collections::HashMap<String, oneshot::Sender<String>>>>,
+}
+
+impl RunningTasks {
+    fn insert(&self, task_id: String, cancel: oneshot::Sender<String>) {
+        self.cancels
+            .lock()
+            .expect("running tasks lock")
+            .insert(task_id, cancel);
+    }
+
+    fn remove(&self, task_id: &str) {
+        self.cancels
+            .lock()
+            .expect("running tasks lock")
+            .remove(task_id);
+    }
+
+    /// Stops a running task; false if no task with that id runs.
+    fn cancel(&self, task_id: &str, reason: String) -> bool {
+        let cancel = self
+            .cancels
+            .lock()
+            .expect("running tasks lock")
+            .remove(task_id);
+        cancel.is_some_and(|tx| tx.send(reason).is_ok())
+    }
+}
+
+/// Returns the agent's span for a task, a child of the gateway's span. A
+/// task without trace context (protocol version 2 and older), or with one
+/// the agent cannot parse, runs without a span.
+fn task_trace(traceparent: Option<&str>) -> Option<TraceContext> {
+    let header = traceparent?;
+    match TraceContext::parse(header) {
+        Ok(parent) => Some(parent.child()),
+        Err(error) => {
+            warn!(%error, "the gateway sent a task with an invalid traceparent");
+            None
+        }
+    }
+}
+
 fn problem_detail(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
@@ -394,6 +468,7 @@ async fn execute(
     kind: String,
     timeout_ms: u32,
     payload: Bytes,
+    traceparent: Option<String>,
 ) -> Frame {
     let (outcome, result) = match handler {
         None => (
@@ -422,6 +497,7 @@ async fn execute(
     let frame = Frame::TaskResult {
         task_id: task_id.clone(),
         outcome,
+        traceparent: traceparent.clone(),
         payload: result,
     };
     match frame.validate(keygate_protocol::DEFAULT_MAX_FRAME_BYTES) {
@@ -429,6 +505,7 @@ async fn execute(
         Err(e) => Frame::TaskResult {
             task_id,
             outcome: TaskOutcome::Failed,
+            traceparent,
             payload: Bytes::from(format!("the task result cannot be sent: {e}")),
         },
     }

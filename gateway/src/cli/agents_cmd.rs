@@ -1,4 +1,4 @@
-//! `keygate agents ...`: create, list, show, disable, enable agents and rotate their client secret.
+//! `keygate agents ...`: create, list, show, disable, enable, pause, resume and restart agents, and rotate their client secret.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,6 +22,12 @@ pub enum AgentsCommand {
     Disable(AgentArgs),
     /// Enable a disabled agent, so it can log in again.
     Enable(AgentArgs),
+    /// Pause task delivery: running tasks finish, new tasks queue until `resume` or their timeout.
+    Pause(AgentArgs),
+    /// Resume task delivery to a paused agent; queued tasks are sent.
+    Resume(AgentArgs),
+    /// Restart the agent's session: running tasks finish (within `gateway.shutdown_grace_ms`), then the agent reconnects; queued tasks wait for it.
+    Restart(AgentArgs),
     /// Issue a new client secret; the old one keeps working for `auth.client_secret_rotation_overlap_secs`.
     RotateSecret(RotateArgs),
 }
@@ -89,8 +95,25 @@ async fn dispatch(command: AgentsCommand) -> Result<(), CliError> {
             print_agent(&body, args.common.output);
             Ok(())
         }
-        AgentsCommand::Disable(args) => set_disabled(args, "disable").await,
-        AgentsCommand::Enable(args) => set_disabled(args, "enable").await,
+        AgentsCommand::Disable(args) => agent_action(args, "disable").await,
+        AgentsCommand::Enable(args) => agent_action(args, "enable").await,
+        AgentsCommand::Pause(args) => agent_action(args, "pause").await,
+        AgentsCommand::Resume(args) => agent_action(args, "resume").await,
+        AgentsCommand::Restart(args) => {
+            let client = ApiClient::new(&args.common.api)?;
+            let path = format!("/v1/agents/{}/restart", segment(&args.agent_id));
+            let (_, body) = client.send(http::Method::POST, &path, None).await?;
+            print_agent(&body, args.common.output);
+            if args.common.output != OutputFormat::Json {
+                eprintln!(
+                    "agent {} restarts once its {} running tasks finish (at most {} ms)",
+                    args.agent_id,
+                    cell(&body["restart"]["in_flight"]),
+                    cell(&body["restart"]["grace_ms"])
+                );
+            }
+            Ok(())
+        }
         AgentsCommand::RotateSecret(args) => rotate_secret(args).await,
     }
 }
@@ -118,13 +141,12 @@ async fn list(args: ListArgs) -> Result<(), CliError> {
         print_json(&listing.body);
         return Ok(());
     }
-    let mut table = Table::new(&["ID", "NAME", "DISABLED", "CONNECTED", "PROJECTS", "CREATED"]);
+    let mut table = Table::new(&["ID", "NAME", "STATUS", "PROJECTS", "CREATED"]);
     for agent in &listing.items {
         table.push(vec![
             cell(&agent["id"]),
             cell(&agent["name"]),
-            cell(&agent["disabled"]),
-            cell(&agent["connected"]),
+            cell(&agent["status"]),
             list_cell(&agent["projects"]),
             time_cell(&agent["created_at_ms"]),
         ]);
@@ -136,7 +158,8 @@ async fn list(args: ListArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn set_disabled(args: AgentArgs, action: &str) -> Result<(), CliError> {
+/// Runs a `POST /v1/agents/{id}/{action}` without a body and prints the agent.
+async fn agent_action(args: AgentArgs, action: &str) -> Result<(), CliError> {
     let client = ApiClient::new(&args.common.api)?;
     let path = format!("/v1/agents/{}/{action}", segment(&args.agent_id));
     let (_, body) = client.send(http::Method::POST, &path, None).await?;
@@ -226,7 +249,9 @@ fn print_agent(agent: &Value, output: OutputFormat) {
         ("id", cell(&agent["id"])),
         ("account", cell(&agent["account"])),
         ("name", cell(&agent["name"])),
+        ("status", cell(&agent["status"])),
         ("disabled", cell(&agent["disabled"])),
+        ("paused", cell(&agent["paused"])),
         ("projects", list_cell(&agent["projects"])),
         ("created", time_cell(&agent["created_at_ms"])),
         (

@@ -1,4 +1,4 @@
-//! `keygate tasks submit|get|wait`: run tasks on agents and follow them to their result.
+//! `keygate tasks submit|get|wait|cancel`: run tasks on agents and follow them to their result.
 //!
 //! `submit` and `wait` exit 0 only when the task succeeded, and 1 when it
 //! failed, timed out, lost its agent or was still running at `--timeout`.
@@ -24,6 +24,8 @@ pub enum TasksCommand {
     Get(TaskArgs),
     /// Poll a task until it finishes or --timeout passes.
     Wait(WaitArgs),
+    /// Cancel a queued or running task; the agent is told to stop it.
+    Cancel(TaskArgs),
 }
 
 #[derive(Args)]
@@ -85,6 +87,20 @@ async fn dispatch(command: TasksCommand) -> Result<(), CliError> {
             Ok(())
         }
         TasksCommand::Wait(args) => wait(args).await,
+        TasksCommand::Cancel(args) => {
+            let client = ApiClient::new(&args.common.api)?;
+            let (status, task) = client
+                .send(http::Method::DELETE, &task_path(&args.task_id), None)
+                .await?;
+            print_task(&task, args.common.output);
+            if status == http::StatusCode::ACCEPTED {
+                eprintln!(
+                    "the cancellation is on its way; `keygate tasks wait {}` shows the end",
+                    args.task_id
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -202,6 +218,7 @@ fn print_task(task: &Value, output: OutputFormat) {
         ("timeout ms", cell(&task["timeout_ms"])),
         ("created", time_cell(&task["created_at_ms"])),
         ("finished", time_cell(&task["finished_at_ms"])),
+        ("traceparent", cell(&task["traceparent"])),
         ("result", cell(&task["result"])),
         ("error", cell(&task["error"])),
     ]);

@@ -51,6 +51,15 @@ pub enum Route {
     EnableAgent {
         agent: String,
     },
+    PauseAgent {
+        agent: String,
+    },
+    ResumeAgent {
+        agent: String,
+    },
+    RestartAgent {
+        agent: String,
+    },
     RotateAgentSecret {
         agent: String,
     },
@@ -58,6 +67,9 @@ pub enum Route {
         agent: String,
     },
     GetTask {
+        task: String,
+    },
+    CancelTask {
         task: String,
     },
     ListSecrets {
@@ -137,9 +149,12 @@ impl Route {
             Route::GetAgent { .. } => "/v1/agents/{agent_id}",
             Route::DisableAgent { .. } => "/v1/agents/{agent_id}/disable",
             Route::EnableAgent { .. } => "/v1/agents/{agent_id}/enable",
+            Route::PauseAgent { .. } => "/v1/agents/{agent_id}/pause",
+            Route::ResumeAgent { .. } => "/v1/agents/{agent_id}/resume",
+            Route::RestartAgent { .. } => "/v1/agents/{agent_id}/restart",
             Route::RotateAgentSecret { .. } => "/v1/agents/{agent_id}/rotate-secret",
             Route::SubmitTask { .. } => "/v1/agents/{agent_id}/tasks",
-            Route::GetTask { .. } => "/v1/tasks/{task_id}",
+            Route::GetTask { .. } | Route::CancelTask { .. } => "/v1/tasks/{task_id}",
             Route::ListSecrets { .. } => "/v1/projects/{project}/secrets",
             Route::PutSecret { .. }
             | Route::GetSecret { .. }
@@ -234,15 +249,25 @@ fn candidates(listener: ListenerKind, segs: &[&str]) -> Vec<(Method, Route)> {
         (Api, ["v1", "agents", agent, "enable"]) if !agent.is_empty() => {
             vec![(Method::POST, Route::EnableAgent { agent: s(agent) })]
         }
+        (Api, ["v1", "agents", agent, "pause"]) if !agent.is_empty() => {
+            vec![(Method::POST, Route::PauseAgent { agent: s(agent) })]
+        }
+        (Api, ["v1", "agents", agent, "resume"]) if !agent.is_empty() => {
+            vec![(Method::POST, Route::ResumeAgent { agent: s(agent) })]
+        }
+        (Api, ["v1", "agents", agent, "restart"]) if !agent.is_empty() => {
+            vec![(Method::POST, Route::RestartAgent { agent: s(agent) })]
+        }
         (Api, ["v1", "agents", agent, "rotate-secret"]) if !agent.is_empty() => {
             vec![(Method::POST, Route::RotateAgentSecret { agent: s(agent) })]
         }
         (Api, ["v1", "agents", agent, "tasks"]) if !agent.is_empty() => {
             vec![(Method::POST, Route::SubmitTask { agent: s(agent) })]
         }
-        (Api, ["v1", "tasks", task]) if !task.is_empty() => {
-            vec![(Method::GET, Route::GetTask { task: s(task) })]
-        }
+        (Api, ["v1", "tasks", task]) if !task.is_empty() => vec![
+            (Method::GET, Route::GetTask { task: s(task) }),
+            (Method::DELETE, Route::CancelTask { task: s(task) }),
+        ],
         (Api, ["v1", "projects", project, "secrets"]) => {
             vec![(
                 Method::GET,

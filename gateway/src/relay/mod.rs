@@ -1,8 +1,10 @@
 //! The task relay: sends a task over its agent's session and records the result.
 
+mod gates;
 mod table;
 
-pub use table::{TaskStatus, TaskTable, TaskView};
+pub use gates::{AgentGate, AgentGates};
+pub use table::{CancelRefused, TaskStatus, TaskTable, TaskView};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,78 +12,119 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keygate_protocol::{Frame, TaskOutcome};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, warn};
 
 use crate::session::{SessionHandle, TaskReply};
 use crate::state::SharedState;
+use crate::telemetry::{Attribute, SpanKind, SpanStatus, SpanTimer, TraceContext};
 
-/// Runs one accepted task to its end: waits for a free slot on the agent,
-/// sends it, waits for the result, and records the outcome. The whole task,
-/// queueing included, is bounded by `timeout`.
-pub async fn run_task(
-    state: SharedState,
-    session: Arc<SessionHandle>,
-    task_id: String,
-    kind: String,
-    payload: Bytes,
-    timeout: Duration,
-) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let status = relay(
-        &state, &session, &task_id, &kind, payload, timeout, deadline,
-    )
-    .await;
-    let (status, result, error) = status;
+/// An accepted task, as the relay needs it.
+pub struct TaskSpec {
+    pub task_id: String,
+    pub agent_id: String,
+    pub kind: String,
+    pub payload: Bytes,
+    /// Limit for the whole task, queueing included.
+    pub timeout: Duration,
+    /// The gateway's span for this task; the agent gets it as the parent of its own.
+    pub trace: TraceContext,
+    /// The caller's span, when the submission carried a `traceparent`.
+    pub parent_span_id: Option<[u8; 8]>,
+}
+
+/// Signals that steer a queued or running task from outside the relay.
+pub struct TaskControls {
+    /// The agent's pause switch and queue count.
+    pub gate: AgentGate,
+    /// Turns true when a caller cancels the task.
+    pub cancelled: watch::Receiver<bool>,
+}
+
+struct Outcome {
+    status: TaskStatus,
+    result: Option<serde_json::Value>,
+    error: Option<String>,
+    /// The agent's `traceparent` for its run of the task.
+    agent_traceparent: Option<String>,
+}
+
+impl Outcome {
+    fn failed(status: TaskStatus, error: String) -> Outcome {
+        Outcome {
+            status,
+            result: None,
+            error: Some(error),
+            agent_traceparent: None,
+        }
+    }
+}
+
+/// Runs one accepted task to its end: waits while the agent is paused and
+/// for a free slot on its session, sends it, waits for the result, and
+/// records the outcome. Queued tasks move to the agent's next session when
+/// the current one ends; tasks already sent fail with it.
+pub async fn run_task(state: SharedState, spec: TaskSpec, mut controls: TaskControls) {
+    let span = SpanTimer::start(
+        format!("task {}", spec.kind),
+        SpanKind::Server,
+        &spec.trace,
+        spec.parent_span_id,
+    );
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let outcome = relay(&state, &spec, &mut controls, deadline).await;
     state
         .metrics
         .tasks
-        .with_label_values(&[status.as_str()])
+        .with_label_values(&[outcome.status.as_str()])
         .inc();
-    state.tasks.update(&task_id, |view| {
-        view.status = status;
-        view.result = result;
-        view.error = error;
+    debug!(status = outcome.status.as_str(), "task finished");
+
+    let status = match (outcome.status, &outcome.error) {
+        (TaskStatus::Succeeded, _) => SpanStatus::Ok,
+        (_, Some(error)) => SpanStatus::Error(error.clone()),
+        (_, None) => SpanStatus::Unset,
+    };
+    let mut attributes = vec![
+        Attribute::new("keygate.task.id", spec.task_id.as_str()),
+        Attribute::new("keygate.agent.id", spec.agent_id.as_str()),
+        Attribute::new("keygate.task.kind", spec.kind.as_str()),
+        Attribute::new("keygate.task.status", outcome.status.as_str()),
+    ];
+    if let Some(agent) = &outcome.agent_traceparent {
+        attributes.push(Attribute::new("keygate.agent.traceparent", agent.as_str()));
+    }
+    if spec.trace.sampled() {
+        state.telemetry.record(span.finish(status, attributes));
+    }
+
+    state.tasks.update(&spec.task_id, |view| {
+        view.status = outcome.status;
+        view.result = outcome.result;
+        view.error = outcome.error;
     });
 }
 
-type Outcome = (TaskStatus, Option<serde_json::Value>, Option<String>);
-
 async fn relay(
     state: &SharedState,
-    session: &SessionHandle,
-    task_id: &str,
-    kind: &str,
-    payload: Bytes,
-    timeout: Duration,
+    spec: &TaskSpec,
+    controls: &mut TaskControls,
     deadline: tokio::time::Instant,
 ) -> Outcome {
-    let timed_out = || {
-        (
-            TaskStatus::TimedOut,
-            None,
-            Some(format!(
-                "agent {} did not return a result within {} ms",
-                session.agent_id,
-                timeout.as_millis()
-            )),
-        )
+    let mut queued = gates::QueuedGuard::new(&controls.gate.queued);
+    let (session, _permit) = match wait_for_slot(state, spec, controls, deadline).await {
+        Ok(slot) => slot,
+        Err(outcome) => return outcome,
     };
-
-    session.queued.fetch_add(1, Ordering::Relaxed);
-    let permit = tokio::time::timeout_at(deadline, session.slots.clone().acquire_owned()).await;
-    session.queued.fetch_sub(1, Ordering::Relaxed);
-    let _permit = match permit {
-        Ok(Ok(permit)) => permit,
-        Ok(Err(_)) => return disconnected(session),
-        Err(_) => return timed_out(),
-    };
-
+    queued.release();
+    let task_id = spec.task_id.as_str();
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let frame = Frame::Task {
         task_id: task_id.to_owned(),
-        kind: kind.to_owned(),
+        kind: spec.kind.clone(),
         timeout_ms: remaining.as_millis().min(u32::MAX as u128) as u32,
-        payload,
+        traceparent: (session.protocol_version >= 3).then(|| spec.trace.to_header()),
+        payload: spec.payload.clone(),
     };
     let reply = session.expect_result(task_id);
     state
@@ -90,57 +133,139 @@ async fn relay(
     let sent_at = Instant::now();
     if !session.send(crate::session::encode_frame(&frame)).await {
         session.abandon(task_id);
-        return disconnected(session);
+        return disconnected(&session);
     }
-    debug!(task.id = task_id, agent.id = %session.agent_id, "task sent");
+    debug!(session.id = %session.session_id, "task sent");
 
-    match tokio::time::timeout_at(deadline, reply).await {
-        Ok(Ok(TaskReply::Done { outcome, payload })) => {
-            state
-                .metrics
-                .relay_duration
-                .observe(sent_at.elapsed().as_secs_f64());
-            match outcome {
-                TaskOutcome::Succeeded => match serde_json::from_slice(&payload) {
-                    Ok(value) => (TaskStatus::Succeeded, Some(value), None),
-                    Err(e) => {
-                        warn!(task.id = task_id, agent.id = %session.agent_id, error = %e, "agent returned a result that is not JSON");
-                        (
-                            TaskStatus::Failed,
-                            None,
-                            Some(format!(
-                                "the agent returned a result that is not valid JSON: {e}"
-                            )),
-                        )
-                    }
-                },
-                TaskOutcome::Failed => (
-                    TaskStatus::Failed,
-                    None,
-                    Some(
-                        String::from_utf8_lossy(&payload)
-                            .chars()
-                            .take(4096)
-                            .collect(),
-                    ),
-                ),
+    tokio::select! {
+        reply = reply => match reply {
+            Ok(TaskReply::Done { outcome, traceparent, payload }) => {
+                state
+                    .metrics
+                    .relay_duration
+                    .observe(sent_at.elapsed().as_secs_f64());
+                let mut done = finished(&session, outcome, payload);
+                done.agent_traceparent = traceparent;
+                done
             }
+            Ok(TaskReply::SessionClosed) | Err(_) => disconnected(&session),
+        },
+        () = became(&mut controls.cancelled, true) => {
+            let told = session.cancel_on_agent(task_id, "cancelled by the caller").await;
+            debug!(agent_told = told, "task cancelled while the agent ran it");
+            Outcome::failed(
+                TaskStatus::Cancelled,
+                format!("cancelled while agent {} ran it", spec.agent_id),
+            )
         }
-        Ok(Ok(TaskReply::SessionClosed)) | Ok(Err(_)) => disconnected(session),
-        Err(_) => {
-            session.abandon(task_id);
-            timed_out()
+        () = tokio::time::sleep_until(deadline) => {
+            session.cancel_on_agent(task_id, "the task timed out at the gateway").await;
+            timed_out(spec)
         }
     }
 }
 
+/// Waits until the agent is not paused and one of its sessions has a free
+/// slot, and returns both. Returns the outcome instead when the task is
+/// cancelled or its time runs out first.
+async fn wait_for_slot(
+    state: &SharedState,
+    spec: &TaskSpec,
+    controls: &mut TaskControls,
+    deadline: tokio::time::Instant,
+) -> Result<(Arc<SessionHandle>, OwnedSemaphorePermit), Outcome> {
+    let cancelled_early = || {
+        Outcome::failed(
+            TaskStatus::Cancelled,
+            format!("cancelled before it was sent to agent {}", spec.agent_id),
+        )
+    };
+    loop {
+        tokio::select! {
+            biased;
+            () = became(&mut controls.cancelled, true) => return Err(cancelled_early()),
+            () = became(&mut controls.gate.paused, false) => {}
+            () = tokio::time::sleep_until(deadline) => return Err(timed_out(spec)),
+        }
+        let session = tokio::select! {
+            biased;
+            () = became(&mut controls.cancelled, true) => return Err(cancelled_early()),
+            session = state.sessions.accepting(&spec.agent_id, deadline) => match session {
+                Some(session) => session,
+                None => return Err(timed_out(spec)),
+            },
+        };
+        session.queued.fetch_add(1, Ordering::Relaxed);
+        let waited = tokio::select! {
+            biased;
+            () = became(&mut controls.cancelled, true) => Err(cancelled_early()),
+            () = tokio::time::sleep_until(deadline) => Err(timed_out(spec)),
+            () = became(&mut controls.gate.paused, true) => Ok(None),
+            () = session.stopped_accepting() => Ok(None),
+            permit = session.slots.clone().acquire_owned() => Ok(permit.ok()),
+        };
+        session.queued.fetch_sub(1, Ordering::Relaxed);
+        match waited? {
+            Some(permit) if session.is_accepting() && !*controls.gate.paused.borrow() => {
+                return Ok((session, permit))
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// Resolves once the watched value equals `value`; never, if the sender is gone.
+async fn became(rx: &mut watch::Receiver<bool>, value: bool) {
+    let reached = rx.wait_for(|v| *v == value).await.is_ok();
+    if !reached {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn finished(session: &SessionHandle, outcome: TaskOutcome, payload: Bytes) -> Outcome {
+    match outcome {
+        TaskOutcome::Succeeded => match serde_json::from_slice(&payload) {
+            Ok(value) => Outcome {
+                status: TaskStatus::Succeeded,
+                result: Some(value),
+                error: None,
+                agent_traceparent: None,
+            },
+            Err(e) => {
+                warn!(agent.id = %session.agent_id, error = %e, "agent returned a result that is not JSON");
+                Outcome::failed(
+                    TaskStatus::Failed,
+                    format!("the agent returned a result that is not valid JSON: {e}"),
+                )
+            }
+        },
+        TaskOutcome::Failed => Outcome::failed(
+            TaskStatus::Failed,
+            String::from_utf8_lossy(&payload)
+                .chars()
+                .take(4096)
+                .collect(),
+        ),
+    }
+}
+
+fn timed_out(spec: &TaskSpec) -> Outcome {
+    Outcome::failed(
+        TaskStatus::TimedOut,
+        format!(
+            "agent {} did not return a result within {} ms",
+            spec.agent_id,
+            spec.timeout.as_millis()
+        ),
+    )
+}
+
 fn disconnected(session: &SessionHandle) -> Outcome {
-    (
+    Outcome::failed(
         TaskStatus::AgentDisconnected,
-        None,
-        Some(format!(
+        format!(
             "the session of agent {} ended before the task finished",
             session.agent_id
-        )),
+        ),
     )
 }

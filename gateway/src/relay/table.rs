@@ -22,6 +22,8 @@ pub enum TaskStatus {
     TimedOut,
     /// The agent's session ended before the result arrived.
     AgentDisconnected,
+    /// Cancelled by `DELETE /v1/tasks/{id}`.
+    Cancelled,
 }
 
 impl TaskStatus {
@@ -37,6 +39,7 @@ impl TaskStatus {
             TaskStatus::Failed => "failed",
             TaskStatus::TimedOut => "timed_out",
             TaskStatus::AgentDisconnected => "agent_disconnected",
+            TaskStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -52,6 +55,9 @@ pub struct TaskView {
     pub created_at_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
+    /// W3C `traceparent` of the gateway's span for this task: the caller's
+    /// trace, or a new one when the submission carried none.
+    pub traceparent: String,
     /// The agent's JSON result, for succeeded tasks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
@@ -63,6 +69,17 @@ pub struct TaskView {
 struct Entry {
     account: String,
     state: watch::Sender<TaskView>,
+    /// Set to true to cancel the task; the relay watches it.
+    cancel: watch::Sender<bool>,
+}
+
+/// Why a task cannot be cancelled.
+#[derive(Debug)]
+pub enum CancelRefused {
+    /// No such task for the account, or its result has expired.
+    NotFound,
+    /// The task already ended with the status in the view.
+    Finished(Box<TaskView>),
 }
 
 #[derive(Default)]
@@ -88,18 +105,38 @@ impl TaskTable {
         }
     }
 
-    pub fn insert(&self, account: &str, view: TaskView) {
+    /// Adds a task; returns the receiver that turns true when the task is cancelled.
+    pub fn insert(&self, account: &str, view: TaskView) -> watch::Receiver<bool> {
         let id = view.id.clone();
         let (state, _) = watch::channel(view);
+        let (cancel, cancelled) = watch::channel(false);
         let entry = Entry {
             account: account.to_owned(),
             state,
+            cancel,
         };
         self.inner
             .lock()
             .expect("task table lock")
             .entries
             .insert(id, entry);
+        cancelled
+    }
+
+    /// Asks the relay to cancel an unfinished task of `account`.
+    pub fn request_cancel(&self, account: &str, task_id: &str) -> Result<(), CancelRefused> {
+        let inner = self.inner.lock().expect("task table lock");
+        let entry = inner
+            .entries
+            .get(task_id)
+            .filter(|e| e.account == account)
+            .ok_or(CancelRefused::NotFound)?;
+        let view = entry.state.borrow().clone();
+        if view.status.is_final() {
+            return Err(CancelRefused::Finished(Box::new(view)));
+        }
+        entry.cancel.send_replace(true);
+        Ok(())
     }
 
     /// Applies `change` to the task's view; finishing a task stamps `finished_at_ms`.
@@ -185,9 +222,32 @@ mod tests {
             timeout_ms: 1000,
             created_at_ms: crate::now_ms(),
             finished_at_ms: None,
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
             result: None,
             error: None,
         }
+    }
+
+    #[test]
+    fn cancel_reaches_the_relay_once_and_not_after_the_end() {
+        let table = TaskTable::new(10);
+        let cancelled = table.insert("acme", view("t1"));
+        assert!(matches!(
+            table.request_cancel("other", "t1"),
+            Err(CancelRefused::NotFound)
+        ));
+        assert!(!*cancelled.borrow());
+        table.request_cancel("acme", "t1").unwrap();
+        assert!(*cancelled.borrow());
+        table.update("t1", |v| v.status = TaskStatus::Cancelled);
+        match table.request_cancel("acme", "t1") {
+            Err(CancelRefused::Finished(view)) => assert_eq!(view.status, TaskStatus::Cancelled),
+            other => panic!("expected Finished, got {other:?}"),
+        }
+        assert!(matches!(
+            table.request_cancel("acme", "missing"),
+            Err(CancelRefused::NotFound)
+        ));
     }
 
     #[test]

@@ -147,6 +147,7 @@ async fn run_session(
         info.agent_id.clone(),
         info.account.clone(),
         capacity,
+        version,
         task_tx,
     ));
     let mut close_rx = session.close.subscribe();
@@ -168,8 +169,8 @@ async fn run_session(
             frame = read_frame(&mut body, &mut decoder) => {
                 last_heard = Instant::now();
                 match frame {
-                    Ok(Some(Frame::TaskResult { task_id, outcome, payload })) => {
-                        if !session.complete(&task_id, TaskReply::Done { outcome, payload }) {
+                    Ok(Some(Frame::TaskResult { task_id, outcome, traceparent, payload })) => {
+                        if !session.complete(&task_id, TaskReply::Done { outcome, traceparent, payload }) {
                             debug!(task.id = %task_id, "result for a task that no caller is waiting for");
                         }
                     }
@@ -238,6 +239,7 @@ async fn run_session(
             _ = close_rx.changed() => {
                 let reason = close_rx.borrow().unwrap_or(GoAwayReason::ShuttingDown);
                 let message = match reason {
+                    GoAwayReason::ShuttingDown if session.is_draining() => "an administrator restarted the agent; reconnect",
                     GoAwayReason::Replaced => "a newer session of this agent replaced this one",
                     GoAwayReason::ShuttingDown => "the gateway is shutting down; reconnect",
                     GoAwayReason::Unauthorized => "the agent's credentials were revoked or rotated; log in again",

@@ -7,11 +7,11 @@ pub(crate) use handler::encode_frame;
 pub use handler::open_session;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use keygate_protocol::{GoAwayReason, TaskOutcome};
+use keygate_protocol::{Frame, GoAwayReason, TaskOutcome};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 /// Outcome of a task sent on a session.
@@ -19,6 +19,8 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 pub enum TaskReply {
     Done {
         outcome: TaskOutcome,
+        /// The agent's trace context for the run, on protocol version 3 and later.
+        traceparent: Option<String>,
         payload: Bytes,
     },
     /// The session ended before the result arrived.
@@ -31,6 +33,8 @@ pub struct SessionHandle {
     pub agent_id: String,
     pub account: String,
     pub capacity: u32,
+    /// Protocol version agreed in `Welcome`.
+    pub protocol_version: u16,
     /// Encoded frames to send to the agent, forwarded by the session's loop.
     outbound: mpsc::Sender<Bytes>,
     pending: Mutex<HashMap<String, oneshot::Sender<TaskReply>>>,
@@ -39,6 +43,12 @@ pub struct SessionHandle {
     /// Tasks waiting for a slot.
     pub queued: AtomicUsize,
     close: watch::Sender<Option<GoAwayReason>>,
+    /// Set when an administrator restarts the agent: no new task is sent, and
+    /// the session ends once the running ones finish.
+    draining: AtomicBool,
+    /// False once the session is draining, closing or closed; queued tasks
+    /// then wait for the agent's next session.
+    accepting: watch::Sender<bool>,
 }
 
 impl SessionHandle {
@@ -47,6 +57,7 @@ impl SessionHandle {
         agent_id: String,
         account: String,
         capacity: u32,
+        protocol_version: u16,
         outbound: mpsc::Sender<Bytes>,
     ) -> SessionHandle {
         SessionHandle {
@@ -54,12 +65,57 @@ impl SessionHandle {
             agent_id,
             account,
             capacity,
+            protocol_version,
             outbound,
             pending: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(capacity as usize)),
             queued: AtomicUsize::new(0),
             close: watch::channel(None).0,
+            draining: AtomicBool::new(false),
+            accepting: watch::channel(true).0,
         }
+    }
+
+    /// Returns whether the relay may send new tasks on this session.
+    pub fn is_accepting(&self) -> bool {
+        *self.accepting.borrow()
+    }
+
+    /// Resolves once the session stops taking new tasks.
+    pub async fn stopped_accepting(&self) {
+        let mut rx = self.accepting.subscribe();
+        let _ = rx.wait_for(|accepting| !accepting).await;
+    }
+
+    fn stop_accepting(&self) {
+        self.accepting
+            .send_if_modified(|accepting| std::mem::replace(accepting, false));
+    }
+
+    /// Stops sending new tasks on this session; the caller closes it once the
+    /// running tasks have finished.
+    pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.stop_accepting();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Sends `CancelTask` for a task on sessions of protocol version 3 or
+    /// later, and returns whether it was sent. Older agents run the task to
+    /// its end, and their result is dropped.
+    pub async fn cancel_on_agent(&self, task_id: &str, reason: &str) -> bool {
+        self.abandon(task_id);
+        if self.protocol_version < 3 {
+            return false;
+        }
+        let frame = Frame::CancelTask {
+            task_id: task_id.to_owned(),
+            reason: reason.chars().take(1000).collect(),
+        };
+        self.send(encode_frame(&frame)).await
     }
 
     /// Registers a task as awaiting its result and returns where the result arrives.
@@ -105,6 +161,7 @@ impl SessionHandle {
 
     /// Asks the session to send GoAway with `reason` and end.
     pub fn close(&self, reason: GoAwayReason) {
+        self.stop_accepting();
         self.close.send_if_modified(|current| {
             if current.is_none() {
                 *current = Some(reason);
@@ -125,12 +182,65 @@ impl SessionHandle {
 }
 
 /// The sessions of this node, one per agent.
-#[derive(Default)]
 pub struct SessionRegistry {
     sessions: Mutex<HashMap<String, Arc<SessionHandle>>>,
+    /// Agents restarted by an administrator, with the time until which their
+    /// next session is expected; tasks for them queue meanwhile.
+    returning: Mutex<HashMap<String, std::time::Instant>>,
+    /// Counts session registrations, so queued tasks can wait for an agent's next session.
+    registered: watch::Sender<u64>,
+}
+
+impl Default for SessionRegistry {
+    fn default() -> SessionRegistry {
+        SessionRegistry {
+            sessions: Mutex::default(),
+            returning: Mutex::default(),
+            registered: watch::channel(0).0,
+        }
+    }
 }
 
 impl SessionRegistry {
+    /// Returns the agent's session if it takes new tasks, else waits for the
+    /// agent's next session. Returns None only when `deadline` passes first.
+    pub async fn accepting(
+        &self,
+        agent_id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Option<Arc<SessionHandle>> {
+        let mut registered = self.registered.subscribe();
+        loop {
+            if let Some(session) = self.get(agent_id).filter(|s| s.is_accepting()) {
+                return Some(session);
+            }
+            match tokio::time::timeout_at(deadline, registered.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Notes that the agent was told to reconnect and should be back within `within`.
+    pub fn expect_return(&self, agent_id: &str, within: std::time::Duration) {
+        let mut returning = self.returning.lock().expect("returning lock");
+        let now = std::time::Instant::now();
+        returning.retain(|_, until| *until > now);
+        returning.insert(agent_id.to_owned(), now + within);
+    }
+
+    /// Returns whether the agent has a session, or is expected back after a restart.
+    pub fn is_available(&self, agent_id: &str) -> bool {
+        if self.get(agent_id).is_some() {
+            return true;
+        }
+        self.returning
+            .lock()
+            .expect("returning lock")
+            .get(agent_id)
+            .is_some_and(|until| *until > std::time::Instant::now())
+    }
+
     pub fn get(&self, agent_id: &str) -> Option<Arc<SessionHandle>> {
         self.sessions
             .lock()
@@ -141,14 +251,22 @@ impl SessionRegistry {
 
     /// Adds a session, returning the one it replaces for the same agent.
     fn insert(&self, session: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
-        self.sessions
+        self.returning
+            .lock()
+            .expect("returning lock")
+            .remove(&session.agent_id);
+        let old = self
+            .sessions
             .lock()
             .expect("registry lock")
-            .insert(session.agent_id.clone(), session)
+            .insert(session.agent_id.clone(), session);
+        self.registered.send_modify(|count| *count += 1);
+        old
     }
 
     /// Removes the agent's entry only if it is still this session.
     fn remove(&self, session: &SessionHandle) {
+        session.stop_accepting();
         let mut sessions = self.sessions.lock().expect("registry lock");
         if sessions
             .get(&session.agent_id)

@@ -23,16 +23,32 @@ pub fn sample_frames() -> Vec<Frame> {
             task_id: "task-42".to_owned(),
             kind: "db.rotate-password".to_owned(),
             timeout_ms: 30_000,
+            traceparent: None,
             payload: Bytes::from_static(b"{\"user\":\"app\"}\x00\xff"),
+        },
+        Frame::Task {
+            task_id: "task-44".to_owned(),
+            kind: "echo".to_owned(),
+            timeout_ms: 1_000,
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+            payload: Bytes::from_static(b"{}"),
         },
         Frame::TaskResult {
             task_id: "task-42".to_owned(),
             outcome: TaskOutcome::Succeeded,
+            traceparent: None,
             payload: Bytes::from_static(b"ok"),
+        },
+        Frame::TaskResult {
+            task_id: "task-44".to_owned(),
+            outcome: TaskOutcome::Succeeded,
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01".to_owned()),
+            payload: Bytes::from_static(b"{}"),
         },
         Frame::TaskResult {
             task_id: "task-43".to_owned(),
             outcome: TaskOutcome::Failed,
+            traceparent: None,
             payload: Bytes::new(),
         },
         Frame::Ping {
@@ -49,6 +65,10 @@ pub fn sample_frames() -> Vec<Frame> {
         },
         Frame::TokenAccepted {
             expires_in_ms: 900_000,
+        },
+        Frame::CancelTask {
+            task_id: "task-42".to_owned(),
+            reason: "cancelled by the caller".to_owned(),
         },
     ]
 }

@@ -1,4 +1,6 @@
-//! Agent administration: create, list, show.
+//! Agent administration: create, list, show, disable, pause, restart, rotate credentials.
+
+use std::time::Duration;
 
 use http::StatusCode;
 use hyper::body::Incoming;
@@ -6,7 +8,7 @@ use keygate_auth::Scope;
 use keygate_protocol::GoAwayReason;
 use serde::Deserialize;
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{blocking, page};
 use crate::directory::AgentRecord;
@@ -26,6 +28,10 @@ struct CreateAgent {
 }
 
 const MAX_NAME_CHARS: usize = 128;
+/// How long after the drain a restarted agent's tasks are accepted while it reconnects.
+const RESTART_RETURN_WINDOW: Duration = Duration::from_secs(30);
+/// How often a restart checks whether the session's running tasks have finished.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 pub async fn create(
     state: &SharedState,
@@ -120,6 +126,77 @@ pub async fn set_disabled(
     Ok(json_response(StatusCode::OK, &view))
 }
 
+/// Pauses or resumes task delivery. A paused agent keeps its session and
+/// finishes the tasks it runs. New tasks are accepted and queue until the
+/// agent is resumed or they time out.
+pub async fn set_paused(
+    state: &SharedState,
+    conn: &ConnInfo,
+    req: http::Request<Incoming>,
+    agent_id: &str,
+    paused: bool,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(state, conn, req.headers()).await?;
+    require_scope(&principal, Scope::AgentsAdmin)?;
+    find_agent(state, &principal.account, agent_id).await?;
+    let directory = state.agents.clone();
+    let id = agent_id.to_owned();
+    let record = blocking(move || directory.set_paused(&id, paused))
+        .await?
+        .map_err(|e| ApiError::internal(format!("updating agent {agent_id} failed: {e}")))?;
+    state.gates.set_paused(agent_id, paused);
+    info!(agent.id = %agent_id, account = %record.account, paused, actor = %principal.subject, "agent task delivery changed");
+    Ok(json_response(StatusCode::OK, &agent_view(state, &record)))
+}
+
+/// Restarts the agent's session: no new task is sent on it, and once its
+/// running tasks finish (or the shutdown grace period ends) the agent is
+/// told to reconnect. Queued tasks wait for the new session.
+pub async fn restart(
+    state: &SharedState,
+    conn: &ConnInfo,
+    req: http::Request<Incoming>,
+    agent_id: &str,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(state, conn, req.headers()).await?;
+    require_scope(&principal, Scope::AgentsAdmin)?;
+    let record = find_agent(state, &principal.account, agent_id).await?;
+    let session = state
+        .sessions
+        .get(agent_id)
+        .filter(|s| s.is_accepting())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "agent-not-connected",
+                format!("agent {agent_id} has no open session to restart"),
+            )
+        })?;
+    session.start_drain();
+    let in_flight = session.in_flight();
+    info!(agent.id = %agent_id, session.id = %session.session_id, in_flight, actor = %principal.subject, "agent restart requested");
+    let grace = Duration::from_millis(state.config.gateway.shutdown_grace_ms);
+    state
+        .sessions
+        .expect_return(agent_id, grace + RESTART_RETURN_WINDOW);
+    tokio::spawn(async move {
+        let drained = tokio::time::timeout(grace, async {
+            while session.in_flight() > 0 {
+                tokio::time::sleep(DRAIN_POLL).await;
+            }
+        })
+        .await
+        .is_ok();
+        if !drained {
+            warn!(agent.id = %session.agent_id, session.id = %session.session_id, in_flight = session.in_flight(), "running tasks did not finish within the grace period; closing the session");
+        }
+        session.close(GoAwayReason::ShuttingDown);
+    });
+    let mut view = agent_view(state, &record);
+    view["restart"] = json!({ "in_flight": in_flight, "grace_ms": grace.as_millis() as u64 });
+    Ok(json_response(StatusCode::ACCEPTED, &view))
+}
+
 /// Issues a new client secret. The old one keeps working for the configured
 /// overlap, tokens issued so far are revoked, and the open session is closed
 /// so the agent logs in again.
@@ -181,18 +258,29 @@ pub async fn find_agent(
 
 fn agent_view(state: &SharedState, record: &AgentRecord) -> serde_json::Value {
     let session = state.sessions.get(&record.id);
+    let status = match &session {
+        _ if record.disabled => "disabled",
+        Some(s) if s.is_draining() => "restarting",
+        _ if record.paused => "paused",
+        Some(_) => "connected",
+        None => "not_connected",
+    };
     json!({
         "id": record.id,
         "account": record.account,
         "name": record.name,
         "created_at_ms": record.created_at_ms,
+        "status": status,
         "disabled": record.disabled,
+        "paused": record.paused,
+        "queued_tasks": state.gates.queued(&record.id),
         "projects": record.projects,
         "previous_secret_valid_until_ms": record.previous_secret.as_ref().map(|p| p.valid_until_ms),
         "connected": session.is_some(),
         "session": session.map(|s| json!({
             "id": s.session_id,
             "capacity": s.capacity,
+            "protocol_version": s.protocol_version,
             "in_flight": s.in_flight(),
             "queued": s.queued(),
         })),

@@ -35,9 +35,13 @@ pub async fn dispatch(
         Route::GetAgent { agent } => agents::get(state, conn, req, &agent).await,
         Route::DisableAgent { agent } => agents::set_disabled(state, conn, req, &agent, true).await,
         Route::EnableAgent { agent } => agents::set_disabled(state, conn, req, &agent, false).await,
+        Route::PauseAgent { agent } => agents::set_paused(state, conn, req, &agent, true).await,
+        Route::ResumeAgent { agent } => agents::set_paused(state, conn, req, &agent, false).await,
+        Route::RestartAgent { agent } => agents::restart(state, conn, req, &agent).await,
         Route::RotateAgentSecret { agent } => agents::rotate_secret(state, conn, req, &agent).await,
         Route::SubmitTask { agent } => tasks::submit(state, conn, req, &agent).await,
         Route::GetTask { task } => tasks::get(state, conn, req, &task).await,
+        Route::CancelTask { task } => tasks::cancel(state, conn, req, &task).await,
         Route::ListSecrets { project } => hosted::list_secrets(state, conn, req, &project).await,
         Route::PutSecret { project, name } => {
             hosted::put_secret(state, conn, req, &project, &name).await

@@ -14,13 +14,17 @@ use crate::directory::AgentRecord;
 use crate::http::body::{json_response, read_json, Response};
 use crate::http::problem::ApiError;
 use crate::http::{authenticate, require_scope, ConnInfo};
-use crate::relay::{run_task, TaskStatus, TaskView};
+use crate::relay::{run_task, CancelRefused, TaskControls, TaskSpec, TaskStatus, TaskView};
 use crate::state::SharedState;
+use crate::telemetry::TraceContext;
 
 /// Default for `timeout_ms` when the caller sets none.
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// Default for `wait_ms` when the caller sets none.
 const DEFAULT_WAIT_MS: u64 = 10_000;
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// How long a cancel request waits for the relay to end the task.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +50,7 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, Scope::TasksWrite)?;
+    let (trace, parent_span_id) = task_trace(req.headers());
     let body: SubmitTask = read_json(req.into_body(), state.config.http.max_body_bytes).await?;
     validate_kind(&body.kind)?;
     let max_timeout = state.config.gateway.max_task_timeout_ms;
@@ -90,7 +95,7 @@ pub async fn submit(
             ),
         ));
     }
-    let Some(session) = state.sessions.get(&agent.id) else {
+    if !state.sessions.is_available(&agent.id) {
         state
             .metrics
             .tasks
@@ -104,9 +109,9 @@ pub async fn submit(
                 agent.id
             ),
         ));
-    };
+    }
     let max_queued = state.config.gateway.max_queued_tasks_per_agent;
-    if session.queued() >= max_queued {
+    if state.gates.queued(&agent.id) >= max_queued {
         state
             .metrics
             .tasks
@@ -116,7 +121,7 @@ pub async fn submit(
             StatusCode::TOO_MANY_REQUESTS,
             "agent-queue-full",
             format!(
-                "agent {} has {max_queued} tasks waiting for a free slot; retry later",
+                "agent {} has {max_queued} tasks waiting to be sent; retry later",
                 agent.id
             ),
         )
@@ -124,7 +129,7 @@ pub async fn submit(
     }
 
     let task_id = format!("tsk_{}", crate::directory::random_hex(12));
-    state.tasks.insert(
+    let cancelled = state.tasks.insert(
         &principal.account,
         TaskView {
             id: task_id.clone(),
@@ -134,23 +139,32 @@ pub async fn submit(
             timeout_ms,
             created_at_ms: crate::now_ms(),
             finished_at_ms: None,
+            traceparent: trace.to_header(),
             result: None,
             error: None,
         },
     );
-    let span = tracing::info_span!("task", task.id = %task_id, agent.id = %agent.id);
-    span.in_scope(|| debug!(kind = %body.kind, timeout_ms, "task accepted"));
-    tokio::spawn(
-        run_task(
-            state.clone(),
-            session,
-            task_id.clone(),
-            body.kind,
-            payload,
-            Duration::from_millis(timeout_ms),
-        )
-        .instrument(span),
+    let controls = TaskControls {
+        gate: state.gates.gate(&agent.id, agent.paused),
+        cancelled,
+    };
+    let span = tracing::info_span!(
+        "task",
+        task.id = %task_id,
+        agent.id = %agent.id,
+        trace.id = %trace.trace_id_hex()
     );
+    span.in_scope(|| debug!(kind = %body.kind, timeout_ms, "task accepted"));
+    let spec = TaskSpec {
+        task_id: task_id.clone(),
+        agent_id: agent.id.clone(),
+        kind: body.kind,
+        payload,
+        timeout: Duration::from_millis(timeout_ms),
+        trace,
+        parent_span_id,
+    };
+    tokio::spawn(run_task(state.clone(), spec, controls).instrument(span));
 
     let view = state
         .tasks
@@ -160,6 +174,70 @@ pub async fn submit(
             ApiError::internal(format!("task {task_id} vanished from the task table"))
         })?;
     finished_response(view)
+}
+
+/// The gateway's span context for a new task: a child of the caller's
+/// `traceparent`, or the root of a new trace when the header is missing or
+/// invalid (W3C Trace Context says to restart the trace rather than refuse).
+fn task_trace(headers: &http::HeaderMap) -> (TraceContext, Option<[u8; 8]>) {
+    let Some(header) = headers.get(TRACEPARENT) else {
+        return (TraceContext::new_root(true), None);
+    };
+    match header
+        .to_str()
+        .map_err(|e| e.to_string())
+        .and_then(|h| TraceContext::parse(h).map_err(|e| e.to_string()))
+    {
+        Ok(parent) => (parent.child(), Some(parent.span_id)),
+        Err(error) => {
+            debug!(%error, "ignoring an invalid traceparent header; the task starts a new trace");
+            (TraceContext::new_root(true), None)
+        }
+    }
+}
+
+/// Cancels a queued or running task. A running task's agent is told to stop
+/// it (protocol version 3 and later). Answers with the task once it has
+/// ended, or 202 if it has not within a few seconds.
+pub async fn cancel(
+    state: &SharedState,
+    conn: &ConnInfo,
+    req: http::Request<Incoming>,
+    task_id: &str,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(state, conn, req.headers()).await?;
+    require_scope(&principal, Scope::TasksWrite)?;
+    match state.tasks.request_cancel(&principal.account, task_id) {
+        Ok(()) => {}
+        Err(CancelRefused::NotFound) => {
+            return Err(ApiError::not_found(format!(
+                "task {task_id} does not exist or its result has expired"
+            )))
+        }
+        Err(CancelRefused::Finished(view)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "task-finished",
+                format!(
+                    "task {task_id} already ended with status {}; only queued or running tasks can be cancelled",
+                    view.status.as_str()
+                ),
+            )
+            .with_member("status", serde_json::json!(view.status.as_str())))
+        }
+    }
+    debug!(task.id = task_id, actor = %principal.subject, "task cancellation requested");
+    let view = state
+        .tasks
+        .wait(task_id, CANCEL_WAIT)
+        .await
+        .ok_or_else(|| ApiError::not_found(format!("task {task_id} has expired")))?;
+    let status = if view.status.is_final() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok(json_response(status, &view))
 }
 
 pub async fn get(
@@ -182,7 +260,21 @@ pub async fn get(
 }
 
 /// 200 with the result, 202 while it runs, or the error status of a relay failure.
+/// Carries the task's `traceparent` header, so a caller that sent none learns its trace.
 fn finished_response(view: TaskView) -> Result<Response, ApiError> {
+    let traceparent = view.traceparent.clone();
+    match finished_status(view) {
+        Ok(mut response) => {
+            if let Ok(value) = http::HeaderValue::from_str(&traceparent) {
+                response.headers_mut().insert(TRACEPARENT, value);
+            }
+            Ok(response)
+        }
+        Err(error) => Err(error.with_header(TRACEPARENT, &traceparent)),
+    }
+}
+
+fn finished_status(view: TaskView) -> Result<Response, ApiError> {
     let error = view.error.clone().unwrap_or_default();
     match view.status {
         TaskStatus::Queued | TaskStatus::Running => {
@@ -207,6 +299,8 @@ fn finished_response(view: TaskView) -> Result<Response, ApiError> {
                     .with_member("task_id", serde_json::json!(view.id)),
             )
         }
+        TaskStatus::Cancelled => Err(ApiError::new(StatusCode::CONFLICT, "task-cancelled", error)
+            .with_member("task_id", serde_json::json!(view.id))),
     }
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use keygate_vault::backup::{create_backup, BackupError, BackupManifest};
+use keygate_vault::backup::{create_backup, BackupError, BackupManifest, Progress};
 use keygate_vault::RocksStore;
 
 /// Writes backups of one store into one folder, one backup at a time.
@@ -41,8 +41,10 @@ impl Backups {
             .running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        create_backup(&self.store, &self.dir, &name, &mut |step| {
-            tracing::debug!(backup.name = %name, step, "backup step");
+        create_backup(&self.store, &self.dir, &name, &mut |progress| {
+            if let Progress::Step(step) = progress {
+                tracing::debug!(backup.name = %name, step, "backup step");
+            }
         })
     }
 }

@@ -149,6 +149,16 @@ async fn backup_and_restore_round_trip_through_the_binary() {
         "one line per step: {}",
         text(&out)
     );
+    assert!(
+        has_final_files_line(&stdout(&out)),
+        "without a terminal, file progress is plain lines: {}",
+        text(&out)
+    );
+    assert!(
+        !stdout(&out).contains('\r'),
+        "no in-place redraw without a terminal: {}",
+        text(&out)
+    );
     assert!(source
         .join("backups/offline-1/keygate-backup.json")
         .is_file());
@@ -182,6 +192,7 @@ async fn backup_and_restore_round_trip_through_the_binary() {
         text(&out)
     );
     assert!(stdout(&out).lines().count() >= 4, "{}", text(&out));
+    assert!(has_final_files_line(&stdout(&out)), "{}", text(&out));
 
     let out = restore(&target, &source_key);
     assert_eq!(out.status.code(), Some(64), "{}", text(&out));
@@ -254,6 +265,14 @@ async fn read_value(
 
 fn run(command: &mut Command) -> Output {
     command.output().expect("run keygate")
+}
+
+/// Whether a progress line reports all files done, as in `7 of 7 files, 1.2 MiB`.
+fn has_final_files_line(stdout: &str) -> bool {
+    stdout.lines().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.len() >= 4 && words[1] == "of" && words[0] == words[2] && words[3] == "files,"
+    })
 }
 
 fn stdout(out: &Output) -> String {

@@ -167,7 +167,7 @@ pub fn create_backup(
     store: &RocksStore,
     backup_dir: &Path,
     name: &str,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<BackupManifest, BackupError> {
     validate_backup_name(name)?;
     fs::create_dir_all(backup_dir)
@@ -198,25 +198,27 @@ fn write_backup(
     store: &RocksStore,
     folder: &Path,
     name: &str,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<BackupManifest, BackupError> {
     let database = folder.join(DATABASE_FOLDER);
-    progress(&format!(
+    progress(Progress::Step(&format!(
         "writing a checkpoint of {} to {}",
         store.path().display(),
         database.display()
-    ));
+    )));
     store.checkpoint(&database)?;
 
     let names = list_files(&database)?;
-    progress(&format!(
+    progress(Progress::Step(&format!(
         "computing SHA-256 digests of {} files",
         names.len()
-    ));
+    )));
+    let mut counter = FileCounter::new(names.len(), None);
     let mut files = Vec::with_capacity(names.len());
     for file_name in names {
         let path = database.join(&file_name);
         let (bytes, sha256) = digest_file(&path, true)?;
+        counter.done(bytes, progress);
         files.push(BackupFile {
             name: file_name,
             bytes,
@@ -232,13 +234,13 @@ fn write_backup(
         created_by: format!("keygate-vault {}", env!("CARGO_PKG_VERSION")),
         files,
     };
-    progress(&format!("writing {MANIFEST_FILE}"));
+    progress(Progress::Step(&format!("writing {MANIFEST_FILE}")));
     write_manifest(folder, &manifest)?;
-    progress(&format!(
+    progress(Progress::Step(&format!(
         "backup {name} complete: {} files, {} bytes",
         manifest.files.len(),
         manifest.total_bytes()
-    ));
+    )));
     tracing::info!(
         backup.name = %name,
         backup.path = %folder.display(),
@@ -253,16 +255,17 @@ fn write_backup(
 /// and SHA-256 digest. Returns the manifest when everything matches.
 pub fn verify_backup(
     folder: &Path,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<BackupManifest, BackupError> {
     let manifest = read_manifest(folder)?;
     let database = folder.join(DATABASE_FOLDER);
-    progress(&format!(
+    progress(Progress::Step(&format!(
         "checking {} files ({} bytes) of backup {} against its manifest",
         manifest.files.len(),
         manifest.total_bytes(),
         manifest.name
-    ));
+    )));
+    let mut counter = FileCounter::new(manifest.files.len(), Some(manifest.total_bytes()));
     for file in &manifest.files {
         let path = database.join(&file.name);
         let damaged = |reason: String| BackupError::Damaged {
@@ -288,8 +291,54 @@ pub fn verify_backup(
                 "its SHA-256 digest differs from the one in the manifest".to_owned(),
             ));
         }
+        counter.done(bytes, progress);
     }
     Ok(manifest)
+}
+
+/// What a backup, verification or restore reports while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress<'a> {
+    /// A step begins; the text says which.
+    Step(&'a str),
+    /// One more file of the current step is done.
+    Files {
+        done: usize,
+        total: usize,
+        bytes_done: u64,
+        /// Known when a manifest lists the files' sizes.
+        bytes_total: Option<u64>,
+    },
+}
+
+/// Counts the files of one step and reports each.
+pub(crate) struct FileCounter {
+    done: usize,
+    total: usize,
+    bytes_done: u64,
+    bytes_total: Option<u64>,
+}
+
+impl FileCounter {
+    pub(crate) fn new(total: usize, bytes_total: Option<u64>) -> FileCounter {
+        FileCounter {
+            done: 0,
+            total,
+            bytes_done: 0,
+            bytes_total,
+        }
+    }
+
+    pub(crate) fn done(&mut self, bytes: u64, progress: &mut dyn FnMut(Progress<'_>)) {
+        self.done += 1;
+        self.bytes_done += bytes;
+        progress(Progress::Files {
+            done: self.done,
+            total: self.total,
+            bytes_done: self.bytes_done,
+            bytes_total: self.bytes_total,
+        });
+    }
 }
 
 /// Reads and checks the manifest of the backup in `folder`.

@@ -216,12 +216,14 @@ fn progress_printer() -> impl FnMut(Progress) {
     let terminal = std::io::stdout().is_terminal();
     let mut lines = ProgressLines::every(if terminal { TERMINAL_EVERY } else { LINE_EVERY });
     move |progress: Progress| {
+        let (checked, total) = (progress.checked, progress.total);
         let Some(text) = lines.line(progress) else {
             return;
         };
         let mut stdout = std::io::stdout().lock();
         if terminal {
-            let _ = write!(stdout, "\r{text}");
+            let bar = total.map(|total| super::progress::bar(checked, total));
+            let _ = write!(stdout, "\r{} {text}", bar.unwrap_or_default());
             let _ = stdout.flush();
         } else {
             let _ = writeln!(stdout, "{text}");

@@ -13,6 +13,7 @@ use keygate_vault::backup::{self, BackupError};
 use keygate_vault::{MasterKey, RocksStore, StoreError};
 
 use super::keys_cmd::{self, ApiArgs};
+use super::progress::FileProgress;
 use super::{ConfigSource, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::backups::default_backup_name;
 
@@ -151,7 +152,10 @@ fn backup_offline(args: &BackupArgs) -> i32 {
         .name
         .clone()
         .unwrap_or_else(|| default_backup_name(time::OffsetDateTime::now_utc()));
-    match backup::create_backup(&store, &dir, &name, &mut |step| println!("{step}")) {
+    let mut display = FileProgress::new();
+    let created = backup::create_backup(&store, &dir, &name, &mut |p| display.show(p));
+    display.finish();
+    match created {
         Ok(_) => {
             println!("backup {name} written to {}", dir.join(&name).display());
             print_key_reminder();
@@ -193,7 +197,10 @@ pub fn restore(args: RestoreArgs) -> i32 {
         }
     };
     let db = config.db_dir();
-    match backup::restore_backup(&args.from, &db, master, &mut |step| println!("{step}")) {
+    let mut display = FileProgress::new();
+    let restored = backup::restore_backup(&args.from, &db, master, &mut |p| display.show(p));
+    display.finish();
+    match restored {
         Ok(manifest) => {
             println!(
                 "restored backup {} ({} files, {} bytes) into {}",

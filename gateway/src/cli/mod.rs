@@ -15,6 +15,7 @@ mod config_cmd;
 mod definitions_cmd;
 mod keys_cmd;
 mod output;
+mod progress;
 mod reencrypt_cmd;
 mod secrets_cmd;
 mod serve_cmd;
@@ -106,7 +107,7 @@ enum Command {
     /// Back up and restore the vault store.
     #[command(subcommand)]
     Vault(VaultCommand),
-    /// Create, list, show, disable and enable agents, and rotate their client secrets.
+    /// Create, list, show, disable, enable, pause, resume and restart agents, and rotate their client secrets.
     #[command(subcommand)]
     Agents(agents_cmd::AgentsCommand),
     /// Submit tasks to agents and follow them to their result.

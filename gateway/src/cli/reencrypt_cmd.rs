@@ -134,18 +134,9 @@ fn progress_line(progress: &Value) -> String {
     let scanned = progress["scanned"].as_u64().unwrap_or(0);
     let rewritten = progress["rewritten"].as_u64().unwrap_or(0);
     let total = progress["total"].as_u64().unwrap_or(0).max(scanned);
-    let share = if total == 0 {
-        1.0
-    } else {
-        scanned as f64 / total as f64
-    };
-    const WIDTH: usize = 30;
-    let filled = ((share * WIDTH as f64).round() as usize).min(WIDTH);
     format!(
-        "[{}{}] {:>3.0}%  {scanned}/{total} versions scanned, {rewritten} re-encrypted",
-        "#".repeat(filled),
-        "-".repeat(WIDTH - filled),
-        share * 100.0
+        "{}  {scanned}/{total} versions scanned, {rewritten} re-encrypted",
+        super::progress::bar(scanned, total)
     )
 }
 

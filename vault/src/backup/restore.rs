@@ -5,7 +5,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{sync_folder, verify_backup, BackupError, BackupManifest, DATABASE_FOLDER};
+use super::{
+    sync_folder, verify_backup, BackupError, BackupManifest, FileCounter, Progress, DATABASE_FOLDER,
+};
 use crate::keys::MasterKey;
 use crate::store::rocks::RocksStore;
 use crate::vault::Vault;
@@ -22,7 +24,7 @@ pub fn restore_backup(
     backup: &Path,
     db_dir: &Path,
     master: MasterKey,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<BackupManifest, BackupError> {
     check_empty_target(db_dir)?;
     let manifest = verify_backup(backup, progress)?;
@@ -59,11 +61,11 @@ pub fn restore_backup(
             sync_folder(parent)?;
         }
     }
-    progress(&format!(
+    progress(Progress::Step(&format!(
         "restored backup {} into {}",
         manifest.name,
         db_dir.display()
-    ));
+    )));
     tracing::info!(
         backup.name = %manifest.name,
         backup.path = %backup.display(),
@@ -111,14 +113,15 @@ fn fill_and_check(
     manifest: &BackupManifest,
     staging: &Path,
     master: MasterKey,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<(), BackupError> {
-    progress(&format!(
+    progress(Progress::Step(&format!(
         "copying {} files into {}",
         manifest.files.len(),
         staging.display()
-    ));
+    )));
     let source = backup.join(DATABASE_FOLDER);
+    let mut counter = FileCounter::new(manifest.files.len(), Some(manifest.total_bytes()));
     for file in &manifest.files {
         let from = source.join(&file.name);
         let to = staging.join(&file.name);
@@ -126,15 +129,20 @@ fn fill_and_check(
         fs::File::open(&to)
             .and_then(|copy| copy.sync_all())
             .map_err(|e| BackupError::io("sync", &to, e))?;
+        counter.done(file.bytes, progress);
     }
     sync_folder(staging)?;
 
-    progress("opening the restored database and checking the master key");
+    progress(Progress::Step(
+        "opening the restored database and checking the master key",
+    ));
     let store = RocksStore::open(staging)?;
     let vault = Vault::new(Arc::new(store), master);
     let recorded = vault.verify_master_key().map_err(BackupError::Check)?;
     if recorded {
-        progress("the backup had no master key check record; recorded one for this key");
+        progress(Progress::Step(
+            "the backup had no master key check record; recorded one for this key",
+        ));
     }
     // Dropping the vault closes the database before its folder is renamed.
     drop(vault);

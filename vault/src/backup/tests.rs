@@ -47,8 +47,21 @@ fn read(vault: &Vault, name: &str, version: u32) -> String {
     value.as_str().unwrap().to_owned()
 }
 
-fn quiet() -> impl FnMut(&str) {
-    |_: &str| {}
+fn quiet() -> impl FnMut(Progress<'_>) {
+    |_: Progress<'_>| {}
+}
+
+/// The counts of a `Progress::Files`: done, total, bytes done, bytes total.
+fn progress_owned(progress: Progress<'_>) -> (usize, usize, u64, Option<u64>) {
+    match progress {
+        Progress::Files {
+            done,
+            total,
+            bytes_done,
+            bytes_total,
+        } => (done, total, bytes_done, bytes_total),
+        Progress::Step(step) => panic!("expected file counts, got step {step:?}"),
+    }
 }
 
 fn make_backup(dir: &TempDir) -> (PathBuf, BackupManifest) {
@@ -94,12 +107,25 @@ fn backup_round_trips() {
 
     let target = dir.path().join("restored/db");
     let mut lines = Vec::new();
-    let restored = restore_backup(&folder, &target, master(), &mut |line: &str| {
-        lines.push(line.to_owned())
+    let mut last_files = None;
+    let restored = restore_backup(&folder, &target, master(), &mut |progress| match progress {
+        Progress::Step(line) => lines.push(line.to_owned()),
+        Progress::Files { .. } => last_files = Some(progress_owned(progress)),
     })
     .unwrap();
     assert_eq!(restored, manifest);
     assert!(lines.len() >= 3, "one line per step: {lines:?}");
+    let files = manifest.files.len();
+    assert_eq!(
+        last_files,
+        Some((
+            files,
+            files,
+            manifest.total_bytes(),
+            Some(manifest.total_bytes())
+        )),
+        "the copy step counts every file and byte"
+    );
 
     let store = Arc::new(RocksStore::open(&target).unwrap());
     let vault = Vault::new(store as Arc<dyn KvStore>, master());

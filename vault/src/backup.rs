@@ -173,7 +173,9 @@ pub fn create_backup(
     fs::create_dir_all(backup_dir)
         .map_err(|e| BackupError::io("create the backup folder", backup_dir, e))?;
     let folder = backup_dir.join(name);
-    match fs::create_dir(&folder) {
+    // Only the owner may enter: the backup holds secret names, definitions
+    // and audit records in plain text beside the ciphertexts.
+    match private_folder(&folder) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             return Err(BackupError::AlreadyExists { path: folder });
@@ -249,6 +251,12 @@ fn write_backup(
         "backup written"
     );
     Ok(manifest)
+}
+
+/// Creates one folder that only its owner may list or enter (mode 0700).
+pub(crate) fn private_folder(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().mode(0o700).create(path)
 }
 
 /// Reads a backup's manifest and checks every file it lists against its size

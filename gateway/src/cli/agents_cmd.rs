@@ -106,7 +106,7 @@ async fn dispatch(command: AgentsCommand) -> Result<(), CliError> {
             print_agent(&body, args.common.output);
             if args.common.output != OutputFormat::Json {
                 eprintln!(
-                    "agent {} restarts once its {} running tasks finish (at most {} ms)",
+                    "agent {} reconnects once the tasks it runs now ({}) finish, at most {} ms from now",
                     args.agent_id,
                     cell(&body["restart"]["in_flight"]),
                     cell(&body["restart"]["grace_ms"])
@@ -252,6 +252,7 @@ fn print_agent(agent: &Value, output: OutputFormat) {
         ("status", cell(&agent["status"])),
         ("disabled", cell(&agent["disabled"])),
         ("paused", cell(&agent["paused"])),
+        ("queued tasks", cell(&agent["queued_tasks"])),
         ("projects", list_cell(&agent["projects"])),
         ("created", time_cell(&agent["created_at_ms"])),
         (

@@ -143,7 +143,7 @@ struct ListenArgs {
     /// Address of the API listener (HTTPS) [default: 127.0.0.1:8443; with serve, listen.api].
     #[arg(long, env = "KEYGATE_API_ADDR")]
     api_addr: Option<SocketAddr>,
-    /// Address of the ops listener (plain HTTP: /metrics, /healthz, /readyz) [default: 127.0.0.1:9464; with serve, listen.ops].
+    /// Address of the ops listener (plain HTTP: /metrics, /healthz, /readyz, /log-filter) [default: 127.0.0.1:9464; with serve, listen.ops].
     #[arg(long, env = "KEYGATE_OPS_ADDR")]
     ops_addr: Option<SocketAddr>,
 }

@@ -115,7 +115,7 @@ fn print_welcome(server: &Server, data_dir: &Path, token_path: &Path, lifetime_h
         "\nkeygate dev is running; its data is in {data}\n\n\
          \x20 agent listener  https://{agent}  (mutual TLS, HTTP/2; client certificates from `keygate certs agent`)\n\
          \x20 API listener    https://{api}\n\
-         \x20 ops listener    http://{ops}  (/metrics, /healthz, /readyz)\n\n\
+         \x20 ops listener    http://{ops}  (/metrics, /healthz, /readyz, /log-filter)\n\n\
          A development admin token for account \"{account}\" (valid {lifetime_h} h) is in {token}.\n\
          Try:\n\
          \x20 export KEYGATE_TOKEN=\"$(cat {token})\"\n\

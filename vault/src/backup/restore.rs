@@ -30,7 +30,7 @@ pub fn restore_backup(
     let manifest = verify_backup(backup, progress)?;
 
     let staging = staging_folder(db_dir)?;
-    fs::create_dir(&staging).map_err(|e| BackupError::io("create", &staging, e))?;
+    super::private_folder(&staging).map_err(|e| BackupError::io("create", &staging, e))?;
     let result = fill_and_check(backup, &manifest, &staging, master, progress);
     if let Err(error) = result {
         if let Err(cleanup) = fs::remove_dir_all(&staging) {

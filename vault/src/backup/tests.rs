@@ -71,6 +71,21 @@ fn make_backup(dir: &TempDir) -> (PathBuf, BackupManifest) {
     (backups.join("nightly-1"), manifest)
 }
 
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn backup_and_restored_folders_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let (folder, _) = make_backup(&dir);
+    assert_eq!(mode(&folder), 0o700, "the backup folder");
+    let target = dir.path().join("restored/db");
+    restore_backup(&folder, &target, master(), &mut quiet()).unwrap();
+    assert_eq!(mode(&target), 0o700, "the restored database folder");
+}
+
 #[test]
 fn names_follow_the_rule() {
     for valid in ["a", "nightly-2026.12.04", "B_1", &"x".repeat(64)] {

@@ -25,7 +25,7 @@ use crate::listener;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::reencrypt::ReencryptJob;
-use crate::relay::{AgentGates, TaskTable};
+use crate::relay::{AgentGates, KeyLocks, TaskStore, TaskTable};
 use crate::session::SessionRegistry;
 use crate::signing::{SigningKeys, SigningSettings};
 use crate::state::{AppState, SharedState};
@@ -154,12 +154,18 @@ impl Server {
             verifier,
             trusted_issuers,
             backups: Backups::new(store.clone(), config.backup_dir()),
-            agents: AgentDirectory::new(store),
+            agents: AgentDirectory::new(store.clone()),
             vault,
             audit,
             sessions: SessionRegistry::default(),
-            tasks: TaskTable::new(config.gateway.max_finished_tasks),
+            tasks: TaskTable::with_store(
+                config.gateway.max_finished_tasks,
+                TaskStore::new(store.clone()),
+            ),
             gates: AgentGates::default(),
+            idempotency_locks: KeyLocks::default(),
+            relay_stop: watch::channel(false).0,
+            draining: std::sync::atomic::AtomicBool::new(false),
             telemetry,
             metrics,
             login_limiter: RateLimiter::new(config.auth.token_requests_per_minute),
@@ -172,6 +178,7 @@ impl Server {
         state.vault.register_metrics(&state.metrics);
         // Before the listeners serve, so the first external tokens find keys.
         state.trusted_issuers.load_all().await;
+        crate::relay::recover_tasks(&state);
         // Before the listeners serve too, so a server whose key is at hand
         // never returns "vault is sealed".
         let first_attempt = unsealer.open_vault(&state).await;
@@ -245,6 +252,44 @@ impl Server {
         })
     }
 
+    /// Stops taking sessions and tasks, stops sending tasks on open
+    /// sessions, and waits up to `gateway.shutdown_grace_ms` for the tasks
+    /// the agents run to finish. Tasks still queued stay stored for the next
+    /// start; tasks still running then are queued again when their session
+    /// closes.
+    async fn drain_sessions(&self) {
+        let state = &self.state;
+        state
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for session in state.sessions.all() {
+            session.start_drain();
+        }
+        let grace = Duration::from_millis(state.config.gateway.shutdown_grace_ms);
+        let running = || -> usize { state.sessions.all().iter().map(|s| s.in_flight()).sum() };
+        let started = running();
+        if started == 0 {
+            return;
+        }
+        info!(
+            running = started,
+            grace_ms = grace.as_millis() as u64,
+            "waiting for running tasks before closing agent sessions"
+        );
+        let drained = tokio::time::timeout(grace, async {
+            while running() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                running = running(),
+                "tasks still run after the grace period; they are queued again for the next start"
+            );
+        }
+    }
+
     pub fn state(&self) -> &SharedState {
         &self.state
     }
@@ -259,14 +304,49 @@ impl Server {
     /// connections up to the grace period.
     pub async fn shutdown(self) {
         info!("keygate shutting down");
+        self.drain_sessions().await;
         self.state.sessions.close_all(GoAwayReason::ShuttingDown);
         self.state.reencrypt.stop();
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
+        self.state.relay_stop.send_replace(true);
         self.state.telemetry.shutdown().await;
+        // Relays and sessions drop their handles as they end; the store
+        // closes with the last one, so a restart in the same process can
+        // open it again.
+        let released = tokio::time::timeout(RELEASE_WAIT, async {
+            while Arc::strong_count(&self.state) > 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if released.is_err() {
+            warn!(
+                holders = Arc::strong_count(&self.state) - 1,
+                "parts of the server still run after shutdown"
+            );
+        }
         info!("keygate stopped");
+    }
+}
+
+/// How long shutdown waits for relays and sessions to let go of the state.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Deletes idempotency keys older than `gateway.idempotency_window_secs`.
+async fn expire_idempotency_keys(state: &SharedState) {
+    let Some(store) = state.tasks.store().cloned() else {
+        return;
+    };
+    let window_ms = state.config.gateway.idempotency_window_secs * 1000;
+    let cutoff = crate::now_ms().saturating_sub(window_ms);
+    match tokio::task::spawn_blocking(move || store.expire_idempotency(cutoff)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(expired)) => debug!(expired, "expired idempotency keys"),
+        Ok(Err(e)) => warn!(error = %e, "cannot expire idempotency keys; retrying later"),
+        Err(e) => warn!(error = %e, "the idempotency key sweep failed; retrying later"),
     }
 }
 
@@ -294,6 +374,7 @@ async fn sweep_finished_tasks(state: SharedState, mut shutdown: watch::Receiver<
                 if removed > 0 {
                     debug!(removed, "expired finished tasks");
                 }
+                expire_idempotency_keys(&state).await;
                 if let Some(age) = state.signing.active_key_age_secs() {
                     state.metrics.signing_key_age.set(age as i64);
                 }

@@ -11,7 +11,7 @@ use crate::directory::AgentDirectory;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::reencrypt::ReencryptJob;
-use crate::relay::{AgentGates, TaskTable};
+use crate::relay::{AgentGates, KeyLocks, TaskTable};
 use crate::session::SessionRegistry;
 use crate::signing::SigningKeys;
 use crate::telemetry::Telemetry;
@@ -36,6 +36,12 @@ pub struct AppState {
     pub tasks: TaskTable,
     /// Per-agent pause switches and queue counts of the relay.
     pub gates: AgentGates,
+    /// Set at the start of shutdown: no new sessions or tasks are accepted.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Set to true at shutdown: relays stop and leave their tasks stored.
+    pub relay_stop: tokio::sync::watch::Sender<bool>,
+    /// Serializes submissions that carry the same idempotency key.
+    pub idempotency_locks: KeyLocks,
     /// Span export to an OTLP collector; does nothing when none is configured.
     pub telemetry: Telemetry,
     pub metrics: Metrics,
@@ -48,6 +54,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Returns whether the server is shutting down and refuses new work.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Makes the verifier trust exactly the server's signing keys, and
     /// clears cached tokens in case a key was dropped.
     pub fn sync_verifier_keys(&self) {

@@ -113,6 +113,9 @@ pub(crate) fn decode_contents(contents: &[u8]) -> Result<Frame, FrameError> {
             task_id: reader.read_str("cancel_task.task_id")?,
             reason: reader.read_str("cancel_task.reason")?,
         },
+        frame::TASK_ACCEPTED => Frame::TaskAccepted {
+            task_id: reader.read_str("task_accepted.task_id")?,
+        },
         frame::PING => Frame::Ping {
             nonce: reader.read_u64("ping.nonce")?,
         },

@@ -190,6 +190,10 @@ impl Frame {
                     value: reason,
                 },
             ],
+            Frame::TaskAccepted { task_id } => vec![Field::Str {
+                name: "task_accepted.task_id",
+                value: task_id,
+            }],
         }
     }
 }

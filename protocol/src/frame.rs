@@ -16,6 +16,7 @@ pub(crate) const TOKEN_ACCEPTED: u8 = 9;
 pub(crate) const TRACED_TASK: u8 = 10;
 pub(crate) const TRACED_TASK_RESULT: u8 = 11;
 pub(crate) const CANCEL_TASK: u8 = 12;
+pub(crate) const TASK_ACCEPTED: u8 = 13;
 
 /// One message of an agent session, in either direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +91,9 @@ pub enum Frame {
         /// Human-readable detail, for logs.
         reason: String,
     },
+    /// Agent to gateway, protocol version 3 and later: the agent received a
+    /// `Task` and runs it (type 13).
+    TaskAccepted { task_id: String },
 }
 
 impl Frame {
@@ -112,6 +116,7 @@ impl Frame {
             Frame::TokenRefresh { .. } => TOKEN_REFRESH,
             Frame::TokenAccepted { .. } => TOKEN_ACCEPTED,
             Frame::CancelTask { .. } => CANCEL_TASK,
+            Frame::TaskAccepted { .. } => TASK_ACCEPTED,
         }
     }
 
@@ -128,6 +133,7 @@ impl Frame {
             Frame::TokenRefresh { .. } => "token_refresh",
             Frame::TokenAccepted { .. } => "token_accepted",
             Frame::CancelTask { .. } => "cancel_task",
+            Frame::TaskAccepted { .. } => "task_accepted",
         }
     }
 }

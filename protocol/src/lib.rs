@@ -32,6 +32,7 @@
 //! | 10   | `Task` with trace context | gateway → agent, version 3 | `task_id: str`, `kind: str`, `timeout_ms: u32`, `traceparent: str`, `payload: bytes` |
 //! | 11   | `TaskResult` with trace context | agent → gateway, version 3 | `task_id: str`, `outcome: u8`, `traceparent: str`, `payload: bytes` |
 //! | 12   | `CancelTask` | gateway → agent, version 3 | `task_id: str`, `reason: str` |
+//! | 13   | `TaskAccepted` | agent → gateway, version 3 | `task_id: str` |
 //!
 //! Types 10 and 11 decode to [`Frame::Task`] and [`Frame::TaskResult`] with
 //! `traceparent` set; the field holds a W3C Trace Context `traceparent` header
@@ -79,7 +80,7 @@ pub use frame::{Frame, GoAwayReason, TaskOutcome};
 ///
 /// Version 2 adds `TokenRefresh`, `TokenAccepted` and the `TokenExpired`
 /// reason of `GoAway`. Version 3 adds the trace context of tasks and results
-/// (types 10 and 11) and `CancelTask`.
+/// (types 10 and 11), `CancelTask` and `TaskAccepted`.
 pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Oldest protocol version a gateway still accepts in `Hello`. A session gets

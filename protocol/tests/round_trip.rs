@@ -175,6 +175,7 @@ fn frame_type_and_name_per_variant() {
         (8, "token_refresh"),
         (9, "token_accepted"),
         (12, "cancel_task"),
+        (13, "task_accepted"),
     ];
     assert_eq!(sample_frames().len(), expected.len());
 

@@ -87,6 +87,19 @@ impl TestServer {
         test
     }
 
+    /// Stops the server and starts it again on the same data folder and
+    /// configuration; the listeners get new ports.
+    pub async fn restart(&mut self) {
+        self.shutdown().await;
+        let server = Server::start(self.config.clone())
+            .await
+            .expect("server starts again");
+        self.agent_addr = server.agent_addr;
+        self.api_addr = server.api_addr;
+        self.ops_addr = server.ops_addr;
+        self.server = Some(server);
+    }
+
     pub fn server(&self) -> &Server {
         self.server.as_ref().expect("server running")
     }

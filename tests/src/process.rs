@@ -232,16 +232,30 @@ impl H2Client {
         token: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), String> {
+        self.request_with(method, path, token, &[], body).await
+    }
+
+    /// Like [`H2Client::request`], with extra request headers.
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), String> {
         let mut sender = self.sender.clone();
         sender.ready().await.map_err(|e| e.to_string())?;
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let request = http::Request::builder()
+        let mut builder = http::Request::builder()
             .method(method)
             .uri(format!("https://localhost{path}"))
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(bytes))
-            .map_err(|e| e.to_string())?;
+            .header(http::header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Full::new(bytes)).map_err(|e| e.to_string())?;
         let response = sender
             .send_request(request)
             .await

@@ -115,6 +115,8 @@ pub async fn run_session(
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     // Refreshing needs protocol version 2 on both sides; Welcome carries the session's version.
     let mut refresh_at: Option<tokio::time::Instant> = None;
+    // The version agreed in Welcome; 0 until it arrives.
+    let mut session_version = 0u16;
 
     let running = RunningTasks::default();
     let end = loop {
@@ -152,6 +154,7 @@ pub async fn run_session(
             }) => {
                 silence_limit = Duration::from_millis(heartbeat_interval_ms as u64 * 3)
                     .max(Duration::from_secs(1));
+                session_version = protocol_version;
                 if protocol_version >= 2 {
                     refresh_at = Some(refresh_time(expires_in));
                 }
@@ -173,6 +176,12 @@ pub async fn run_session(
                     .acquire_owned()
                     .await
                     .expect("the semaphore is never closed");
+                if session_version >= 3 {
+                    let receipt = Frame::TaskAccepted {
+                        task_id: task_id.clone(),
+                    };
+                    let _ = frames_tx.send(encode_frame(&receipt)).await;
+                }
                 let handler = handlers.get(&kind);
                 let tx = frames_tx.clone();
                 let trace = task_trace(traceparent.as_deref());
@@ -493,7 +502,10 @@ async fn execute(
             }
         }
     };
-    debug!(task.id = %task_id, outcome = ?outcome, "task finished");
+    match outcome {
+        TaskOutcome::Succeeded => debug!(task.id = %task_id, "task finished"),
+        TaskOutcome::Failed => info!(task.id = %task_id, kind = %kind, "task failed"),
+    }
     let frame = Frame::TaskResult {
         task_id: task_id.clone(),
         outcome,

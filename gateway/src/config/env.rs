@@ -50,6 +50,8 @@ pub const OPTION_PATHS: &[&str] = &[
     "gateway.max_finished_tasks",
     "gateway.tls_handshake_timeout_ms",
     "gateway.shutdown_grace_ms",
+    "gateway.max_delivery_attempts",
+    "gateway.idempotency_window_secs",
     "http.max_body_bytes",
     "telemetry.otlp_endpoint",
     "telemetry.otlp_ca_file",

@@ -221,8 +221,13 @@ pub struct GatewayConfig {
     pub max_finished_tasks: usize,
     /// Time a new connection has to finish its TLS handshake.
     pub tls_handshake_timeout_ms: u64,
-    /// How long shutdown waits for open connections to finish.
+    /// How long shutdown waits for running tasks to finish, then for open connections.
     pub shutdown_grace_ms: u64,
+    /// Times a task is sent before it fails as `agent_disconnected`, when
+    /// each session it was sent on ends before its result arrives.
+    pub max_delivery_attempts: u32,
+    /// How long an `Idempotency-Key` maps repeated submissions to the first task.
+    pub idempotency_window_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -287,6 +292,8 @@ impl Default for GatewayConfig {
             max_finished_tasks: 100_000,
             tls_handshake_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            max_delivery_attempts: 3,
+            idempotency_window_secs: 86_400,
         }
     }
 }
@@ -532,6 +539,24 @@ impl Config {
         );
         problems.extend(
             check_range("gateway.shutdown_grace_ms", g.shutdown_grace_ms, 0, 600_000).err(),
+        );
+        problems.extend(
+            check_range(
+                "gateway.max_delivery_attempts",
+                g.max_delivery_attempts as u64,
+                1,
+                100,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "gateway.idempotency_window_secs",
+                g.idempotency_window_secs,
+                1,
+                30 * 86400,
+            )
+            .err(),
         );
         problems.extend(
             check_range(

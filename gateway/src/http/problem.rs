@@ -30,6 +30,16 @@ impl ApiError {
         }
     }
 
+    /// 503 for work refused because the server is shutting down.
+    pub fn shutting_down() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting-down",
+            "this keygate server is shutting down; retry, and the request goes to another server or to this one once it is back",
+        )
+        .with_header(http::header::RETRY_AFTER, "1")
+    }
+
     pub fn with_header(mut self, name: HeaderName, value: &str) -> ApiError {
         if let Ok(value) = HeaderValue::from_str(value) {
             self.headers.push((name, value));

@@ -1,9 +1,15 @@
 //! The task relay: sends a task over its agent's session and records the result.
 
 mod gates;
+mod key_locks;
+mod recover;
+mod store;
 mod table;
 
 pub use gates::{AgentGate, AgentGates};
+pub use key_locks::KeyLocks;
+pub use recover::recover_tasks;
+pub use store::{request_sha256, IdempotencyEntry, StoredTask, TaskStore, TaskStoreError};
 pub use table::{CancelRefused, TaskStatus, TaskTable, TaskView};
 
 use std::sync::atomic::Ordering;
@@ -13,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use keygate_protocol::{Frame, TaskOutcome};
 use tokio::sync::{watch, OwnedSemaphorePermit};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::session::{SessionHandle, TaskReply};
 use crate::state::SharedState;
@@ -31,6 +37,8 @@ pub struct TaskSpec {
     pub trace: TraceContext,
     /// The caller's span, when the submission carried a `traceparent`.
     pub parent_span_id: Option<[u8; 8]>,
+    /// Times the task was sent before, by an earlier run of the gateway.
+    pub attempts: u32,
 }
 
 /// Signals that steer a queued or running task from outside the relay.
@@ -60,6 +68,46 @@ impl Outcome {
     }
 }
 
+/// Adds an accepted task to the table and starts relaying it. `view` is the
+/// task as stored; `timeout` is the time it has left.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_task(
+    state: &SharedState,
+    account: &str,
+    view: TaskView,
+    payload: Bytes,
+    idempotency_key: Option<String>,
+    parent_span_id: Option<[u8; 8]>,
+    trace: TraceContext,
+    timeout: Duration,
+    paused: bool,
+) {
+    let span = tracing::info_span!(
+        "task",
+        task.id = %view.id,
+        agent.id = %view.agent_id,
+        trace.id = %trace.trace_id_hex()
+    );
+    let spec = TaskSpec {
+        task_id: view.id.clone(),
+        agent_id: view.agent_id.clone(),
+        kind: view.kind.clone(),
+        payload,
+        timeout,
+        trace,
+        parent_span_id,
+        attempts: view.attempts,
+    };
+    let controls = TaskControls {
+        gate: state.gates.gate(&view.agent_id, paused),
+        cancelled: state.tasks.insert(account, view, idempotency_key),
+    };
+    span.in_scope(
+        || debug!(kind = %spec.kind, timeout_ms = timeout.as_millis() as u64, "task accepted"),
+    );
+    tokio::spawn(run_task(state.clone(), spec, controls).instrument(span));
+}
+
 /// Runs one accepted task to its end: waits while the agent is paused and
 /// for a free slot on its session, sends it, waits for the result, and
 /// records the outcome. Queued tasks move to the agent's next session when
@@ -72,13 +120,32 @@ pub async fn run_task(state: SharedState, spec: TaskSpec, mut controls: TaskCont
         spec.parent_span_id,
     );
     let deadline = tokio::time::Instant::now() + spec.timeout;
-    let outcome = relay(&state, &spec, &mut controls, deadline).await;
+    let mut stopping = state.relay_stop.subscribe();
+    let outcome = tokio::select! {
+        outcome = relay(&state, &spec, &mut controls, deadline) => outcome,
+        () = became(&mut stopping, true) => {
+            // The stored record keeps the task's last status; the next start
+            // queues it again.
+            debug!("the gateway stops; the task stays stored for the next start");
+            return;
+        }
+    };
     state
         .metrics
         .tasks
         .with_label_values(&[outcome.status.as_str()])
         .inc();
-    debug!(status = outcome.status.as_str(), "task finished");
+    // One line per failed task at info, so an SRE finds it by its trace id
+    // without debug logging; successes would flood the log at full rate.
+    if outcome.status == TaskStatus::Succeeded {
+        debug!(status = outcome.status.as_str(), "task finished");
+    } else {
+        info!(
+            status = outcome.status.as_str(),
+            error = outcome.error.as_deref().unwrap_or(""),
+            "task did not succeed"
+        );
+    }
 
     let status = match (outcome.status, &outcome.error) {
         (TaskStatus::Succeeded, _) => SpanStatus::Ok,
@@ -111,12 +178,53 @@ async fn relay(
     controls: &mut TaskControls,
     deadline: tokio::time::Instant,
 ) -> Outcome {
-    let mut queued = gates::QueuedGuard::new(&controls.gate.queued);
-    let (session, _permit) = match wait_for_slot(state, spec, controls, deadline).await {
-        Ok(slot) => slot,
-        Err(outcome) => return outcome,
-    };
-    queued.release();
+    let max_attempts = state.config.gateway.max_delivery_attempts.max(1);
+    let mut attempts = spec.attempts;
+    loop {
+        let mut queued = gates::QueuedGuard::new(&controls.gate.queued);
+        let (session, _permit) = match wait_for_slot(state, spec, controls, deadline).await {
+            Ok(slot) => slot,
+            Err(outcome) => return outcome,
+        };
+        queued.release();
+        attempts += 1;
+        match deliver(state, spec, controls, deadline, &session, attempts).await {
+            Delivery::Done(outcome) => return outcome,
+            Delivery::SessionEnded if attempts < max_attempts => {
+                debug!(session.id = %session.session_id, attempts, "the session ended before the result; the task is queued again");
+                state
+                    .tasks
+                    .update(&spec.task_id, |v| v.status = TaskStatus::Queued);
+            }
+            Delivery::SessionEnded => {
+                let mut outcome = disconnected(&session);
+                if attempts > 1 {
+                    outcome.error = outcome
+                        .error
+                        .map(|e| format!("{e}, on each of {attempts} attempts"));
+                }
+                return outcome;
+            }
+        }
+    }
+}
+
+/// How one send of a task ended.
+enum Delivery {
+    Done(Outcome),
+    /// The session ended before the result arrived; the task may be sent again.
+    SessionEnded,
+}
+
+/// Sends the task on `session` and waits for its result, a cancel or the deadline.
+async fn deliver(
+    state: &SharedState,
+    spec: &TaskSpec,
+    controls: &mut TaskControls,
+    deadline: tokio::time::Instant,
+    session: &SessionHandle,
+    attempt: u32,
+) -> Delivery {
     let task_id = spec.task_id.as_str();
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let frame = Frame::Task {
@@ -127,15 +235,25 @@ async fn relay(
         payload: spec.payload.clone(),
     };
     let reply = session.expect_result(task_id);
-    state
-        .tasks
-        .update(task_id, |v| v.status = TaskStatus::Running);
+    // Agents before protocol version 3 do not confirm receipt.
+    let confirms = session.protocol_version >= 3;
+    state.tasks.update(task_id, |v| {
+        let now = crate::now_ms();
+        v.status = if confirms {
+            TaskStatus::Dispatched
+        } else {
+            TaskStatus::Running
+        };
+        v.dispatched_at_ms = Some(now);
+        v.started_at_ms = (!confirms).then_some(now);
+        v.attempts = attempt;
+    });
     let sent_at = Instant::now();
     if !session.send(crate::session::encode_frame(&frame)).await {
         session.abandon(task_id);
-        return disconnected(&session);
+        return Delivery::SessionEnded;
     }
-    debug!(session.id = %session.session_id, "task sent");
+    debug!(session.id = %session.session_id, attempt, "task sent");
 
     tokio::select! {
         reply = reply => match reply {
@@ -144,23 +262,23 @@ async fn relay(
                     .metrics
                     .relay_duration
                     .observe(sent_at.elapsed().as_secs_f64());
-                let mut done = finished(&session, outcome, payload);
+                let mut done = finished(session, outcome, payload);
                 done.agent_traceparent = traceparent;
-                done
+                Delivery::Done(done)
             }
-            Ok(TaskReply::SessionClosed) | Err(_) => disconnected(&session),
+            Ok(TaskReply::SessionClosed) | Err(_) => Delivery::SessionEnded,
         },
         () = became(&mut controls.cancelled, true) => {
             let told = session.cancel_on_agent(task_id, "cancelled by the caller").await;
             debug!(agent_told = told, "task cancelled while the agent ran it");
-            Outcome::failed(
+            Delivery::Done(Outcome::failed(
                 TaskStatus::Cancelled,
                 format!("cancelled while agent {} ran it", spec.agent_id),
-            )
+            ))
         }
         () = tokio::time::sleep_until(deadline) => {
             session.cancel_on_agent(task_id, "the task timed out at the gateway").await;
-            timed_out(spec)
+            Delivery::Done(timed_out(spec))
         }
     }
 }

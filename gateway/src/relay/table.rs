@@ -1,19 +1,26 @@
-//! In-memory table of submitted tasks and their state, for waiting callers and polling.
+//! The table of submitted tasks and their state, for waiting callers and
+//! polling, kept in memory and written through to the task store.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tracing::warn;
+
+use super::store::{StoredTask, TaskStore};
 
 /// Lifecycle of a task as callers see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
-    /// Accepted, waiting for a free slot on the agent.
+    /// Accepted, waiting for the agent: a free slot, a resume or a session.
     Queued,
-    /// Sent to the agent.
+    /// Sent to the agent, which has not confirmed receipt yet.
+    Dispatched,
+    /// The agent confirmed receipt and runs it (agents older than protocol
+    /// version 3 do not confirm; their tasks are running once sent).
     Running,
     Succeeded,
     /// The agent ran the task and reported an error.
@@ -28,12 +35,16 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     pub fn is_final(self) -> bool {
-        !matches!(self, TaskStatus::Queued | TaskStatus::Running)
+        !matches!(
+            self,
+            TaskStatus::Queued | TaskStatus::Dispatched | TaskStatus::Running
+        )
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             TaskStatus::Queued => "queued",
+            TaskStatus::Dispatched => "dispatched",
             TaskStatus::Running => "running",
             TaskStatus::Succeeded => "succeeded",
             TaskStatus::Failed => "failed",
@@ -45,7 +56,7 @@ impl TaskStatus {
 }
 
 /// A task as returned by the API.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskView {
     pub id: String,
     pub agent_id: String,
@@ -53,21 +64,59 @@ pub struct TaskView {
     pub status: TaskStatus,
     pub timeout_ms: u64,
     pub created_at_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// When the task was last sent to the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched_at_ms: Option<u64>,
+    /// When the agent last confirmed receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
+    /// How many times the task was sent; above 1 after a session ended
+    /// before its result arrived, or after a gateway restart.
+    #[serde(default)]
+    pub attempts: u32,
     /// W3C `traceparent` of the gateway's span for this task: the caller's
     /// trace, or a new one when the submission carried none.
     pub traceparent: String,
     /// The agent's JSON result, for succeeded tasks.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
-    /// Error message, for failed, timed-out and disconnected tasks.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Error message, for failed, timed-out, disconnected and cancelled tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl TaskView {
+    /// A task just accepted: queued, created now.
+    pub fn new(
+        id: &str,
+        agent_id: &str,
+        kind: &str,
+        timeout_ms: u64,
+        traceparent: &str,
+    ) -> TaskView {
+        TaskView {
+            id: id.to_owned(),
+            agent_id: agent_id.to_owned(),
+            kind: kind.to_owned(),
+            status: TaskStatus::Queued,
+            timeout_ms,
+            created_at_ms: crate::now_ms(),
+            dispatched_at_ms: None,
+            started_at_ms: None,
+            finished_at_ms: None,
+            attempts: 0,
+            traceparent: traceparent.to_owned(),
+            result: None,
+            error: None,
+        }
+    }
 }
 
 struct Entry {
     account: String,
+    idempotency_key: Option<String>,
     state: watch::Sender<TaskView>,
     /// Set to true to cancel the task; the relay watches it.
     cancel: watch::Sender<bool>,
@@ -95,6 +144,8 @@ struct Inner {
 pub struct TaskTable {
     inner: Mutex<Inner>,
     max_finished: usize,
+    /// Where every change is written through; None in unit tests.
+    store: Option<TaskStore>,
 }
 
 impl TaskTable {
@@ -102,25 +153,58 @@ impl TaskTable {
         TaskTable {
             inner: Mutex::new(Inner::default()),
             max_finished,
+            store: None,
         }
     }
 
-    /// Adds a task; returns the receiver that turns true when the task is cancelled.
-    pub fn insert(&self, account: &str, view: TaskView) -> watch::Receiver<bool> {
+    /// A table that writes every status change to `store`.
+    pub fn with_store(max_finished: usize, store: TaskStore) -> TaskTable {
+        TaskTable {
+            store: Some(store),
+            ..TaskTable::new(max_finished)
+        }
+    }
+
+    pub fn store(&self) -> Option<&TaskStore> {
+        self.store.as_ref()
+    }
+
+    /// Adds a task whose record is already stored; returns the receiver that
+    /// turns true when the task is cancelled. A finished task (loaded at
+    /// start) joins the finished ones and expires like them.
+    pub fn insert(
+        &self,
+        account: &str,
+        view: TaskView,
+        idempotency_key: Option<String>,
+    ) -> watch::Receiver<bool> {
         let id = view.id.clone();
+        let finished_at = view.finished_at_ms.filter(|_| view.status.is_final());
         let (state, _) = watch::channel(view);
         let (cancel, cancelled) = watch::channel(false);
         let entry = Entry {
             account: account.to_owned(),
+            idempotency_key,
             state,
             cancel,
         };
-        self.inner
-            .lock()
-            .expect("task table lock")
-            .entries
-            .insert(id, entry);
+        let mut inner = self.inner.lock().expect("task table lock");
+        inner.entries.insert(id.clone(), entry);
+        if let Some(at) = finished_at {
+            inner.finished.push_back((at, id));
+            let dropped = self.drop_excess(&mut inner);
+            drop(inner);
+            self.forget(&dropped);
+        }
         cancelled
+    }
+
+    /// Returns the account and current view of a task, whatever its account.
+    pub fn lookup(&self, task_id: &str) -> Option<(String, TaskView)> {
+        let inner = self.inner.lock().expect("task table lock");
+        let entry = inner.entries.get(task_id)?;
+        let view = entry.state.borrow().clone();
+        Some((entry.account.clone(), view))
     }
 
     /// Asks the relay to cancel an unfinished task of `account`.
@@ -139,7 +223,8 @@ impl TaskTable {
         Ok(())
     }
 
-    /// Applies `change` to the task's view; finishing a task stamps `finished_at_ms`.
+    /// Applies `change` to the task's view and writes the result through to
+    /// the store; finishing a task stamps `finished_at_ms`.
     pub fn update(&self, task_id: &str, change: impl FnOnce(&mut TaskView)) {
         let mut inner = self.inner.lock().expect("task table lock");
         let Some(entry) = inner.entries.get(task_id) else {
@@ -154,12 +239,42 @@ impl TaskTable {
                 finished_now = Some(now);
             }
         });
+        let stored = self.store.as_ref().map(|_| StoredTask {
+            account: entry.account.clone(),
+            view: entry.state.borrow().clone(),
+            idempotency_key: entry.idempotency_key.clone(),
+        });
+        let mut dropped = Vec::new();
         if let Some(at) = finished_now {
             inner.finished.push_back((at, task_id.to_owned()));
-            while inner.finished.len() > self.max_finished {
-                if let Some((_, oldest)) = inner.finished.pop_front() {
-                    inner.entries.remove(&oldest);
-                }
+            dropped = self.drop_excess(&mut inner);
+        }
+        drop(inner);
+        if let (Some(store), Some(stored)) = (&self.store, stored) {
+            if let Err(error) = store.update(&stored) {
+                warn!(task.id = task_id, %error, "cannot store the task's new status; after a restart it may run again");
+            }
+        }
+        self.forget(&dropped);
+    }
+
+    /// Drops the oldest finished tasks beyond `max_finished`; returns their ids.
+    fn drop_excess(&self, inner: &mut Inner) -> Vec<String> {
+        let mut dropped = Vec::new();
+        while inner.finished.len() > self.max_finished {
+            if let Some((_, oldest)) = inner.finished.pop_front() {
+                inner.entries.remove(&oldest);
+                dropped.push(oldest);
+            }
+        }
+        dropped
+    }
+
+    /// Deletes dropped tasks from the store.
+    fn forget(&self, task_ids: &[String]) {
+        if let Some(store) = &self.store {
+            if let Err(error) = store.remove(task_ids) {
+                warn!(tasks = task_ids.len(), %error, "cannot delete expired tasks from the store; the next start loads them again");
             }
         }
     }
@@ -190,14 +305,16 @@ impl TaskTable {
     pub fn sweep(&self, retention: Duration) -> usize {
         let cutoff = crate::now_ms().saturating_sub(retention.as_millis() as u64);
         let mut inner = self.inner.lock().expect("task table lock");
-        let mut removed = 0;
+        let mut removed = Vec::new();
         while inner.finished.front().is_some_and(|(at, _)| *at <= cutoff) {
             if let Some((_, id)) = inner.finished.pop_front() {
                 inner.entries.remove(&id);
-                removed += 1;
+                removed.push(id);
             }
         }
-        removed
+        drop(inner);
+        self.forget(&removed);
+        removed.len()
     }
 
     pub fn len(&self) -> usize {
@@ -214,24 +331,19 @@ mod tests {
     use super::*;
 
     fn view(id: &str) -> TaskView {
-        TaskView {
-            id: id.into(),
-            agent_id: "agt_1".into(),
-            kind: "echo".into(),
-            status: TaskStatus::Queued,
-            timeout_ms: 1000,
-            created_at_ms: crate::now_ms(),
-            finished_at_ms: None,
-            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
-            result: None,
-            error: None,
-        }
+        TaskView::new(
+            id,
+            "agt_1",
+            "echo",
+            1000,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
     }
 
     #[test]
     fn cancel_reaches_the_relay_once_and_not_after_the_end() {
         let table = TaskTable::new(10);
-        let cancelled = table.insert("acme", view("t1"));
+        let cancelled = table.insert("acme", view("t1"), None);
         assert!(matches!(
             table.request_cancel("other", "t1"),
             Err(CancelRefused::NotFound)
@@ -253,7 +365,7 @@ mod tests {
     #[test]
     fn other_account_cannot_read() {
         let table = TaskTable::new(10);
-        table.insert("acme", view("t1"));
+        table.insert("acme", view("t1"), None);
         assert!(table.get("acme", "t1").is_some());
         assert!(table.get("other", "t1").is_none());
     }
@@ -261,7 +373,7 @@ mod tests {
     #[tokio::test]
     async fn wait_returns_on_finish_or_timeout() {
         let table = std::sync::Arc::new(TaskTable::new(10));
-        table.insert("acme", view("t1"));
+        table.insert("acme", view("t1"), None);
         let pending = table.wait("t1", Duration::from_millis(50)).await.unwrap();
         assert_eq!(pending.status, TaskStatus::Queued);
 
@@ -278,8 +390,8 @@ mod tests {
     #[test]
     fn sweep_keeps_unfinished_and_recent() {
         let table = TaskTable::new(10);
-        table.insert("acme", view("running"));
-        table.insert("acme", view("done"));
+        table.insert("acme", view("running"), None);
+        table.insert("acme", view("done"), None);
         table.update("done", |v| v.status = TaskStatus::Failed);
         assert_eq!(table.sweep(Duration::from_secs(60)), 0);
         assert_eq!(table.sweep(Duration::ZERO), 1);
@@ -290,9 +402,9 @@ mod tests {
     #[test]
     fn finished_tasks_capped_oldest_first() {
         let table = TaskTable::new(2);
-        table.insert("acme", view("running"));
+        table.insert("acme", view("running"), None);
         for id in ["t1", "t2", "t3"] {
-            table.insert("acme", view(id));
+            table.insert("acme", view(id), None);
             table.update(id, |v| v.status = TaskStatus::Succeeded);
         }
         assert!(

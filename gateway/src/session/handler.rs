@@ -19,6 +19,7 @@ use super::{SessionHandle, TaskReply};
 use crate::http::body::{ChannelBody, Response};
 use crate::http::problem::ApiError;
 use crate::http::{authenticate, ConnInfo};
+use crate::relay::TaskStatus;
 use crate::state::SharedState;
 
 /// Time an agent has to send Hello after the session opens.
@@ -36,6 +37,9 @@ pub async fn open_session(
     conn: &ConnInfo,
     req: http::Request<Incoming>,
 ) -> Result<Response, ApiError> {
+    if state.is_draining() {
+        return Err(ApiError::shutting_down());
+    }
     let principal = authenticate(&state, conn, req.headers()).await?;
     if !principal.has_scope(Scope::AgentSession) {
         return Err(ApiError::insufficient_scope(Scope::AgentSession));
@@ -174,6 +178,9 @@ async fn run_session(
                             debug!(task.id = %task_id, "result for a task that no caller is waiting for");
                         }
                     }
+                    Ok(Some(Frame::TaskAccepted { task_id })) if version >= 3 => {
+                        mark_running(&state, &session, &task_id);
+                    }
                     Ok(Some(Frame::Ping { nonce })) => {
                         if body_tx.send(encode_frame(&Frame::Pong { nonce })).await.is_err() {
                             break End::AgentClosed;
@@ -239,6 +246,7 @@ async fn run_session(
             _ = close_rx.changed() => {
                 let reason = close_rx.borrow().unwrap_or(GoAwayReason::ShuttingDown);
                 let message = match reason {
+                    GoAwayReason::ShuttingDown if state.is_draining() => "the gateway is shutting down; reconnect",
                     GoAwayReason::ShuttingDown if session.is_draining() => "an administrator restarted the agent; reconnect",
                     GoAwayReason::Replaced => "a newer session of this agent replaced this one",
                     GoAwayReason::ShuttingDown => "the gateway is shutting down; reconnect",
@@ -265,6 +273,22 @@ async fn run_session(
         End::Protocol(e) => {
             warn!(failed_tasks = failed, error = %e, "agent session closed after a protocol error")
         }
+    }
+}
+
+/// Records the agent's confirmation that it received a task. A confirmation
+/// for a task of another agent, or for one not sent, changes nothing.
+fn mark_running(state: &SharedState, session: &SessionHandle, task_id: &str) {
+    let mut confirmed = false;
+    state.tasks.update(task_id, |view| {
+        if view.agent_id == session.agent_id && view.status == TaskStatus::Dispatched {
+            view.status = TaskStatus::Running;
+            view.started_at_ms = Some(crate::now_ms());
+            confirmed = true;
+        }
+    });
+    if !confirmed {
+        debug!(task.id = %task_id, "receipt confirmed for a task not waiting for one");
     }
 }
 

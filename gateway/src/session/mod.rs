@@ -284,16 +284,19 @@ impl SessionRegistry {
         self.len() == 0
     }
 
-    /// Sends GoAway to every session, for shutdown.
-    pub fn close_all(&self, reason: GoAwayReason) {
-        let sessions: Vec<_> = self
-            .sessions
+    /// Returns every open session.
+    pub fn all(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions
             .lock()
             .expect("registry lock")
             .values()
             .cloned()
-            .collect();
-        for session in sessions {
+            .collect()
+    }
+
+    /// Sends GoAway to every session, for shutdown.
+    pub fn close_all(&self, reason: GoAwayReason) {
+        for session in self.all() {
             session.close(reason);
         }
     }

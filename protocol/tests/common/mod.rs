@@ -70,6 +70,9 @@ pub fn sample_frames() -> Vec<Frame> {
             task_id: "task-42".to_owned(),
             reason: "cancelled by the caller".to_owned(),
         },
+        Frame::TaskAccepted {
+            task_id: "task-44".to_owned(),
+        },
     ]
 }
 

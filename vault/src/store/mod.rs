@@ -37,11 +37,13 @@ pub enum Space {
     Meta,
     /// Audit records of vault accesses, keyed by sequence number.
     Audit,
+    /// Tasks accepted by the gateway and their state, written by the gateway.
+    Tasks,
 }
 
 impl Space {
     /// Every space, in a fixed order.
-    pub const ALL: [Space; 7] = [
+    pub const ALL: [Space; 8] = [
         Space::Agents,
         Space::DataKeys,
         Space::Secrets,
@@ -49,6 +51,7 @@ impl Space {
         Space::Definitions,
         Space::Meta,
         Space::Audit,
+        Space::Tasks,
     ];
 
     /// Returns the space's name, which is also its RocksDB column family name.
@@ -61,6 +64,7 @@ impl Space {
             Space::Definitions => "definitions",
             Space::Meta => "meta",
             Space::Audit => "audit",
+            Space::Tasks => "tasks",
         }
     }
 

@@ -7,14 +7,18 @@ use http::StatusCode;
 use hyper::body::Incoming;
 use keygate_auth::{Principal, Scope};
 use serde::Deserialize;
-use tracing::{debug, Instrument};
+use tracing::debug;
 
 use super::agents::find_agent;
+use super::blocking;
 use crate::directory::AgentRecord;
 use crate::http::body::{json_response, read_json, Response};
 use crate::http::problem::ApiError;
 use crate::http::{authenticate, require_scope, ConnInfo};
-use crate::relay::{run_task, CancelRefused, TaskControls, TaskSpec, TaskStatus, TaskView};
+use crate::relay::{
+    request_sha256, spawn_task, CancelRefused, IdempotencyEntry, StoredTask, TaskStatus,
+    TaskStoreError, TaskView,
+};
 use crate::state::SharedState;
 use crate::telemetry::TraceContext;
 
@@ -23,6 +27,10 @@ const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// Default for `wait_ms` when the caller sets none.
 const DEFAULT_WAIT_MS: u64 = 10_000;
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+/// Set on the answer to a repeated submission.
+const REPLAYED: http::HeaderName = http::HeaderName::from_static("idempotent-replayed");
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 /// How long a cancel request waits for the relay to end the task.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
@@ -50,7 +58,11 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, Scope::TasksWrite)?;
+    if state.is_draining() {
+        return Err(ApiError::shutting_down());
+    }
     let (trace, parent_span_id) = task_trace(req.headers());
+    let idempotency_key = idempotency_key(req.headers())?;
     let body: SubmitTask = read_json(req.into_body(), state.config.http.max_body_bytes).await?;
     validate_kind(&body.kind)?;
     let max_timeout = state.config.gateway.max_task_timeout_ms;
@@ -80,6 +92,30 @@ pub async fn submit(
 
     let agent = find_agent(state, &principal.account, agent_id).await?;
     check_project(&principal, &agent, body.project.as_deref())?;
+
+    // Submissions with the same key run one at a time from here until the
+    // new task is stored, so two retries cannot both create a task.
+    let reservation = match &idempotency_key {
+        Some(key) => Some(state.idempotency_locks.lock(key).await),
+        None => None,
+    };
+    let idempotency = match idempotency_key {
+        Some(key) => {
+            let request_sha256 = request_sha256(&body.kind, body.project.as_deref(), &payload);
+            if let Some(task_id) =
+                earlier_task(state, &principal.account, &agent.id, &key, &request_sha256)?
+            {
+                drop(reservation);
+                return replay(state, &principal.account, &task_id, &key, wait_ms).await;
+            }
+            Some(Idempotency {
+                key,
+                request_sha256,
+            })
+        }
+        None => None,
+    };
+
     if agent.disabled {
         state
             .metrics
@@ -129,42 +165,41 @@ pub async fn submit(
     }
 
     let task_id = format!("tsk_{}", crate::directory::random_hex(12));
-    let cancelled = state.tasks.insert(
-        &principal.account,
-        TaskView {
-            id: task_id.clone(),
-            agent_id: agent.id.clone(),
-            kind: body.kind.clone(),
-            status: TaskStatus::Queued,
-            timeout_ms,
-            created_at_ms: crate::now_ms(),
-            finished_at_ms: None,
-            traceparent: trace.to_header(),
-            result: None,
-            error: None,
-        },
+    let view = TaskView::new(
+        &task_id,
+        &agent.id,
+        &body.kind,
+        timeout_ms,
+        &trace.to_header(),
     );
-    let controls = TaskControls {
-        gate: state.gates.gate(&agent.id, agent.paused),
-        cancelled,
+    let stored = StoredTask {
+        account: principal.account.clone(),
+        view: view.clone(),
+        idempotency_key: idempotency.as_ref().map(|i| i.key.clone()),
     };
-    let span = tracing::info_span!(
-        "task",
-        task.id = %task_id,
-        agent.id = %agent.id,
-        trace.id = %trace.trace_id_hex()
-    );
-    span.in_scope(|| debug!(kind = %body.kind, timeout_ms, "task accepted"));
-    let spec = TaskSpec {
+    let entry = idempotency.as_ref().map(|i| IdempotencyEntry {
         task_id: task_id.clone(),
-        agent_id: agent.id.clone(),
-        kind: body.kind,
+        request_sha256: i.request_sha256.clone(),
+        created_at_ms: view.created_at_ms,
+    });
+    if let Some(store) = state.tasks.store().cloned() {
+        let stored_payload = payload.clone();
+        blocking(move || store.accept(&stored, &stored_payload, entry.as_ref()))
+            .await?
+            .map_err(|e| task_store_error(&e))?;
+    }
+    spawn_task(
+        state,
+        &principal.account,
+        view,
         payload,
-        timeout: Duration::from_millis(timeout_ms),
-        trace,
+        idempotency.map(|i| i.key),
         parent_span_id,
-    };
-    tokio::spawn(run_task(state.clone(), spec, controls).instrument(span));
+        trace,
+        Duration::from_millis(timeout_ms),
+        agent.paused,
+    );
+    drop(reservation);
 
     let view = state
         .tasks
@@ -174,6 +209,120 @@ pub async fn submit(
             ApiError::internal(format!("task {task_id} vanished from the task table"))
         })?;
     finished_response(view)
+}
+
+/// A submission's idempotency key and the digest of its request.
+struct Idempotency {
+    key: String,
+    request_sha256: String,
+}
+
+/// Returns the `Idempotency-Key` header, or None when absent. A key is 1 to
+/// 255 visible ASCII characters.
+fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let valid = (1..=MAX_IDEMPOTENCY_KEY_BYTES).contains(&value.len())
+        && value.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b));
+    if !valid {
+        let shown = String::from_utf8_lossy(value.as_bytes())
+            .chars()
+            .take(80)
+            .collect::<String>();
+        return Err(ApiError::bad_request(
+            "invalid-input",
+            format!(
+                "Idempotency-Key {shown:?} must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters without spaces"
+            ),
+        ));
+    }
+    Ok(Some(
+        value
+            .to_str()
+            .expect("checked to be visible ASCII")
+            .to_owned(),
+    ))
+}
+
+/// Returns the task an earlier submission with this key created within the
+/// idempotency window, or 422 when that submission asked for something else.
+fn earlier_task(
+    state: &SharedState,
+    account: &str,
+    agent_id: &str,
+    key: &str,
+    request_sha256: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(store) = state.tasks.store() else {
+        return Ok(None);
+    };
+    let entry = store
+        .idempotency(account, agent_id, key)
+        .map_err(|e| task_store_error(&e))?;
+    let window_ms = state.config.gateway.idempotency_window_secs * 1000;
+    let Some(entry) = entry.filter(|e| e.created_at_ms + window_ms > crate::now_ms()) else {
+        return Ok(None);
+    };
+    if entry.request_sha256 != request_sha256 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            format!(
+                "Idempotency-Key {key:?} was used for task {} with another kind, project or payload; use a new key for a new task",
+                entry.task_id
+            ),
+        )
+        .with_member("task_id", serde_json::json!(entry.task_id)));
+    }
+    Ok(Some(entry.task_id))
+}
+
+/// Answers a repeated submission with the task the first one created.
+async fn replay(
+    state: &SharedState,
+    account: &str,
+    task_id: &str,
+    key: &str,
+    wait_ms: u64,
+) -> Result<Response, ApiError> {
+    if state.tasks.get(account, task_id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "task-expired",
+            format!(
+                "Idempotency-Key {key:?} belongs to task {task_id}, which finished and whose result has expired"
+            ),
+        )
+        .with_member("task_id", serde_json::json!(task_id)));
+    }
+    debug!(
+        task.id = task_id,
+        "repeated submission answered with the existing task"
+    );
+    let view = state
+        .tasks
+        .wait(task_id, Duration::from_millis(wait_ms))
+        .await
+        .ok_or_else(|| {
+            ApiError::internal(format!("task {task_id} vanished from the task table"))
+        })?;
+    finished_response(view).map(|mut response| {
+        response
+            .headers_mut()
+            .insert(REPLAYED, http::HeaderValue::from_static("true"));
+        response
+    })
+}
+
+/// Maps a task store failure to the problem the caller gets.
+fn task_store_error(error: &TaskStoreError) -> ApiError {
+    if let TaskStoreError::Store(store) = error {
+        if let Some(problem) = ApiError::from_storage_condition(store) {
+            return problem;
+        }
+    }
+    ApiError::internal(format!("the task store failed: {error}"))
 }
 
 /// The gateway's span context for a new task: a child of the caller's
@@ -277,7 +426,7 @@ fn finished_response(view: TaskView) -> Result<Response, ApiError> {
 fn finished_status(view: TaskView) -> Result<Response, ApiError> {
     let error = view.error.clone().unwrap_or_default();
     match view.status {
-        TaskStatus::Queued | TaskStatus::Running => {
+        TaskStatus::Queued | TaskStatus::Dispatched | TaskStatus::Running => {
             let mut response = json_response(StatusCode::ACCEPTED, &view);
             if let Ok(location) = http::HeaderValue::from_str(&format!("/v1/tasks/{}", view.id)) {
                 response

@@ -690,3 +690,45 @@ async fn agent_pause_resume_restart_and_task_cancel() {
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_status_and_rotate() {
+    let server = TestServer::start().await;
+    let token = server.token(ACCOUNT, &["keys:admin"], None);
+
+    let out = keygate(&server, &token, &["keys", "status"], b"").await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let rows: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert!(rows[0].starts_with("KID"), "{}", describe(&out));
+    assert_eq!(rows.len(), 2, "one active key: {}", describe(&out));
+    assert!(rows[1].contains("active"), "{}", describe(&out));
+    assert!(
+        rows[1].split_whitespace().any(|cell| cell.ends_with('Z')),
+        "times print as UTC dates: {}",
+        describe(&out)
+    );
+
+    let out = keygate(
+        &server,
+        &token,
+        &["keys", "rotate", "--output", "json"],
+        b"",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let body = json_output(&out);
+    assert_eq!(body["keys"].as_array().unwrap().len(), 2, "{body}");
+    let rotated = body["rotated"]["kid"].as_str().unwrap().to_owned();
+
+    let out = keygate(&server, &token, &["keys", "status"], b"").await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let pending = stdout(&out)
+        .lines()
+        .find(|line| line.starts_with(&rotated))
+        .map(str::to_owned);
+    assert!(
+        pending.as_deref().is_some_and(|l| l.contains("pending")),
+        "the new key is pending: {}",
+        describe(&out)
+    );
+}

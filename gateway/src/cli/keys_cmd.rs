@@ -11,15 +11,27 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
+use serde_json::Value;
+
 use super::api_client;
+use super::output::{cell, time_cell, OutputFormat, Table};
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
     /// Show the signing keys: pending, active and retired, with their times.
-    Status(ApiArgs),
+    Status(KeysArgs),
     /// Publish a new signing key; it starts signing after `auth.signing_key_publish_delay_secs`.
-    Rotate(ApiArgs),
+    Rotate(KeysArgs),
+}
+
+#[derive(Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Output format: an aligned text table, or the server's JSON response.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
 }
 
 /// How to reach the API.
@@ -40,10 +52,11 @@ pub struct ApiArgs {
 }
 
 pub async fn run(command: KeysCommand) -> i32 {
-    let (args, method, path) = match &command {
+    let (keys_args, method, path) = match &command {
         KeysCommand::Status(args) => (args, http::Method::GET, "/v1/admin/signing-keys"),
         KeysCommand::Rotate(args) => (args, http::Method::POST, "/v1/admin/signing-keys/rotate"),
     };
+    let args = &keys_args.api;
     let token = match read_token(args) {
         Ok(token) => token,
         Err(e) => {
@@ -53,7 +66,10 @@ pub async fn run(command: KeysCommand) -> i32 {
     };
     match call(args, method, path, &token, Bytes::new()).await {
         Ok((status, body)) if status.is_success() => {
-            println!("{}", pretty(&body));
+            match keys_args.output {
+                OutputFormat::Json => println!("{}", pretty(&body)),
+                OutputFormat::Table => print_keys(&body),
+            }
             EXIT_OK
         }
         Ok((status, body)) => error_response(status, &body),
@@ -134,6 +150,34 @@ pub(super) async fn call(
         .map_err(|e| format!("reading the response failed: {e}"))?
         .to_bytes();
     Ok((status, body))
+}
+
+/// Prints the key list as a table; times are UTC, from the API's Unix seconds.
+fn print_keys(body: &[u8]) {
+    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let seconds = |v: &Value| time_cell(&v.as_u64().map_or(Value::Null, |s| Value::from(s * 1000)));
+    let mut table = Table::new(&[
+        "KID",
+        "STATE",
+        "CREATED",
+        "ACTIVATES",
+        "RETIRED",
+        "UNPUBLISHED",
+    ]);
+    for key in value["keys"].as_array().into_iter().flatten() {
+        table.push(vec![
+            cell(&key["kid"]),
+            cell(&key["state"]),
+            seconds(&key["created_at"]),
+            seconds(&key["activates_at"]),
+            seconds(&key["retired_at"]),
+            seconds(&key["unpublish_at"]),
+        ]);
+    }
+    print!("{}", table.render());
+    if let Some(kid) = value["rotated"]["kid"].as_str() {
+        eprintln!("published key {kid}; it signs from its ACTIVATES time");
+    }
 }
 
 pub(super) fn pretty(body: &[u8]) -> String {

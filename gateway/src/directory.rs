@@ -26,6 +26,9 @@ pub struct AgentRecord {
     /// and new tasks queue until it is resumed or they time out.
     #[serde(default)]
     pub paused: bool,
+    /// When a session of the agent first opened, in Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_connected_at_ms: Option<u64>,
     /// The secret replaced by the last rotation, accepted until its end of overlap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret: Option<PreviousSecret>,
@@ -100,6 +103,7 @@ impl AgentDirectory {
             created_at_ms: crate::now_ms(),
             disabled: false,
             paused: false,
+            first_connected_at_ms: None,
             previous_secret: None,
             tokens_valid_from: 0,
             projects,
@@ -197,6 +201,17 @@ impl AgentDirectory {
             if disabled {
                 record.tokens_valid_from = next_second();
             }
+        })
+    }
+
+    /// Stores when a session of the agent first opened.
+    pub fn set_first_connected(
+        &self,
+        agent_id: &str,
+        at_ms: u64,
+    ) -> Result<AgentRecord, DirectoryError> {
+        self.update(agent_id, |record| {
+            record.first_connected_at_ms.get_or_insert(at_ms);
         })
     }
 

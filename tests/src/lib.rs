@@ -200,6 +200,19 @@ impl TestServer {
         capacity: u32,
         handlers: TaskHandlers,
     ) -> RunningAgent {
+        let agent = self.spawn_agent(creds, capacity, handlers, "test-instance");
+        self.wait_for_session(&creds.id).await;
+        agent
+    }
+
+    /// Runs the reference agent as instance `instance_id`, without waiting for its session.
+    pub fn spawn_agent(
+        &self,
+        creds: &AgentCredentials,
+        capacity: u32,
+        handlers: TaskHandlers,
+        instance_id: &str,
+    ) -> RunningAgent {
         let options = AgentOptions {
             gateway: self.agent_addr.to_string(),
             server_name: "localhost".into(),
@@ -209,13 +222,11 @@ impl TestServer {
             client_id: creds.id.clone(),
             client_secret: creds.secret.clone().into(),
             capacity,
-            instance_id: "test-instance".into(),
+            instance_id: instance_id.into(),
         };
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(keygate_gateway::agent::run(options, handlers, stop_rx));
-        let agent = RunningAgent { stop, task };
-        self.wait_for_session(&creds.id).await;
-        agent
+        RunningAgent { stop, task }
     }
 
     /// Waits until the agent's session is registered (at most 10 s).

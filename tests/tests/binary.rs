@@ -265,7 +265,8 @@ async fn newcomer_walkthrough_and_log_scan() {
             .arg("--ca")
             .arg(data.join("tls/ca.pem"))
             .arg("--token-file")
-            .arg(data.join("dev-admin.token"));
+            .arg(data.join("dev-admin.token"))
+            .args(["--output", "json"]);
         cmd.output().unwrap()
     };
     let rotated = key_args("rotate");

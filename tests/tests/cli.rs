@@ -479,7 +479,7 @@ async fn agents_create_and_list() {
     assert_eq!(rows.len(), 2, "{}", describe(&out));
     assert!(rows[0].starts_with("ID"), "{}", describe(&out));
     let cells: Vec<&str> = rows[1].split_whitespace().collect();
-    assert_eq!(cells[..4], [id.as_str(), "edge-1", "not_connected", "etl"]);
+    assert_eq!(cells[..4], [id.as_str(), "edge-1", "pending", "etl"]);
 
     let out = keygate(
         &server,
@@ -644,7 +644,7 @@ async fn agent_pause_resume_restart_and_task_cancel() {
     )
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert_eq!(json_output(&out)["status"], "connected");
+    assert_eq!(json_output(&out)["status"], "running");
 
     let out = keygate(
         &server,

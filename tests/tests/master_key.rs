@@ -513,7 +513,7 @@ async fn wait_for_session(api: &HttpsClient, token: &str, agent_id: &str) {
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        if !body["session"].is_null() {
+        if body["connected"] == true {
             return;
         }
         assert!(

@@ -319,6 +319,7 @@ async fn agent_view_shows_session() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["connected"], false);
+    assert_eq!(body["status"], "pending", "never connected: {body}");
     assert!(body.get("client_secret").is_none());
     let agent = server.start_agent(&creds, 7).await;
     let (_, _, body) = server
@@ -331,7 +332,11 @@ async fn agent_view_shows_session() {
         )
         .await;
     assert_eq!(body["connected"], true);
-    assert_eq!(body["session"]["capacity"], 7);
+    assert_eq!(body["status"], "running");
+    assert_eq!(body["capacity"], 7);
+    assert_eq!(body["instances"][0]["capacity"], 7);
+    assert_eq!(body["instances"][0]["instance_id"], "test-instance");
+    assert_eq!(body["instances"][0]["protocol_version"], 3);
     let (_, _, list) = server
         .api()
         .request(Method::GET, "/v1/agents", Some(&server.admin_token), None)

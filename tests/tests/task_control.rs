@@ -148,12 +148,13 @@ async fn paused_agent_queues_until_resumed() {
     let task = body["id"].as_str().unwrap().to_owned();
     let (_, shown) = call(&server, Method::GET, &agent_path).await;
     assert_eq!(shown["status"], "paused");
-    assert_eq!(shown["session"]["in_flight"], 0);
+    assert_eq!(shown["in_flight"], 0);
+    assert_eq!(shown["queued_tasks"], 1);
 
     let (status, body) = call(&server, Method::POST, &format!("{agent_path}/resume")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["paused"], false);
-    assert_eq!(body["status"], "connected");
+    assert_eq!(body["status"], "running");
     let done = wait_for_status(&server, &task, "succeeded").await;
     assert_eq!(done["result"], 7);
     agent.stop().await;
@@ -214,7 +215,7 @@ async fn restart_drains_then_reconnects() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body["status"], "restarting");
+    assert_eq!(body["status"], "stopping");
     assert_eq!(body["restart"]["in_flight"], 1);
 
     // Submitted while the old session drains: it waits for the next session.

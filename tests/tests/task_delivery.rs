@@ -356,3 +356,86 @@ async fn draining_server_refuses_tasks_and_sessions() {
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// Polls the agent until `check` holds for its view (at most 10 s).
+async fn wait_for_agent(
+    server: &TestServer,
+    agent_id: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let (_, body) = call(server, Method::GET, &format!("/v1/agents/{agent_id}")).await;
+        if check(&body) {
+            return body;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("agent {agent_id} did not reach the expected state within 10 s: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_spread_over_agent_instances() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let handlers = keygate_tests::keygate_gateway::agent::TaskHandlers::builtin;
+    let first = server.spawn_agent(&creds, 1, handlers(), "host-a");
+    let second = server.spawn_agent(&creds, 1, handlers(), "host-b");
+    let agent = wait_for_agent(&server, &creds.id, |a| {
+        a["instances"].as_array().is_some_and(|i| i.len() == 2)
+    })
+    .await;
+    assert_eq!(agent["capacity"], 2);
+    assert_eq!(agent["status"], "running");
+
+    // Each instance runs one task at a time, so both tasks run at once only
+    // if they went to different instances.
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = server
+            .submit(
+                &creds.id,
+                json!({"kind": "sleep", "payload": {"ms": 3000}, "wait_ms": 0}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        tasks.push(body["id"].as_str().unwrap().to_owned());
+    }
+    for task in &tasks {
+        wait_for_status(&server, task, "running").await;
+    }
+    let busy = wait_for_agent(&server, &creds.id, |a| a["in_flight"] == 2).await;
+    for instance in busy["instances"].as_array().unwrap() {
+        assert_eq!(instance["in_flight"], 1, "{busy}");
+    }
+
+    first.stop().await;
+    second.stop().await;
+    let stopped = wait_for_agent(&server, &creds.id, |a| a["connected"] == false).await;
+    assert_eq!(
+        stopped["status"], "stopped",
+        "it had connected before: {stopped}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_session_of_an_instance_replaces_the_old() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let handlers = keygate_tests::keygate_gateway::agent::TaskHandlers::builtin;
+    let first = server.spawn_agent(&creds, 2, handlers(), "host-a");
+    let before = wait_for_agent(&server, &creds.id, |a| a["connected"] == true).await;
+    let old_session = before["instances"][0]["session_id"].clone();
+
+    let again = server.spawn_agent(&creds, 2, handlers(), "host-a");
+    let after = wait_for_agent(&server, &creds.id, |a| {
+        a["instances"]
+            .as_array()
+            .is_some_and(|i| i.len() == 1 && i[0]["session_id"] != old_session)
+    })
+    .await;
+    assert_eq!(after["instances"][0]["instance_id"], "host-a");
+    again.stop().await;
+    first.stop().await;
+}

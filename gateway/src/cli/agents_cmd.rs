@@ -233,17 +233,25 @@ fn print_agent(agent: &Value, output: OutputFormat) {
         print_json(agent);
         return;
     }
-    let session = &agent["session"];
-    let session_text = if session.is_object() {
-        format!(
-            "{} (capacity {}, in flight {}, queued {})",
-            cell(&session["id"]),
-            cell(&session["capacity"]),
-            cell(&session["in_flight"]),
-            cell(&session["queued"])
-        )
-    } else {
+    let instances: Vec<String> = agent["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            format!(
+                "{} (session {}, version {}, capacity {}, in flight {})",
+                cell(&i["instance_id"]),
+                cell(&i["session_id"]),
+                cell(&i["agent_version"]),
+                cell(&i["capacity"]),
+                cell(&i["in_flight"])
+            )
+        })
+        .collect();
+    let instances_text = if instances.is_empty() {
         "-".to_owned()
+    } else {
+        instances.join("; ")
     };
     let mut fields = vec![
         ("id", cell(&agent["id"])),
@@ -259,8 +267,15 @@ fn print_agent(agent: &Value, output: OutputFormat) {
             "previous secret valid until",
             time_cell(&agent["previous_secret_valid_until_ms"]),
         ),
-        ("connected", cell(&agent["connected"])),
-        ("session", session_text),
+        (
+            "in flight",
+            format!(
+                "{} of {}",
+                cell(&agent["in_flight"]),
+                cell(&agent["capacity"])
+            ),
+        ),
+        ("instances", instances_text),
     ];
     if let Some(secret) = agent.get("client_secret") {
         fields.push(("client secret (shown once)", cell(secret)));

@@ -12,7 +12,7 @@ pub use recover::recover_tasks;
 pub use store::{request_sha256, IdempotencyEntry, StoredTask, TaskStore, TaskStoreError};
 pub use table::{CancelRefused, TaskStatus, TaskTable, TaskView};
 
-use std::sync::atomic::Ordering;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -305,31 +305,72 @@ async fn wait_for_slot(
             () = became(&mut controls.gate.paused, false) => {}
             () = tokio::time::sleep_until(deadline) => return Err(timed_out(spec)),
         }
-        let session = tokio::select! {
+        let mut registrations = state.sessions.registrations();
+        let sessions = tokio::select! {
             biased;
             () = became(&mut controls.cancelled, true) => return Err(cancelled_early()),
-            session = state.sessions.accepting(&spec.agent_id, deadline) => match session {
-                Some(session) => session,
+            sessions = state.sessions.accepting(&spec.agent_id, deadline) => match sessions {
+                Some(sessions) => sessions,
                 None => return Err(timed_out(spec)),
             },
         };
-        session.queued.fetch_add(1, Ordering::Relaxed);
+        // The instance with the most free slots is polled first, so it wins
+        // when several have one.
         let waited = tokio::select! {
             biased;
             () = became(&mut controls.cancelled, true) => Err(cancelled_early()),
             () = tokio::time::sleep_until(deadline) => Err(timed_out(spec)),
             () = became(&mut controls.gate.paused, true) => Ok(None),
-            () = session.stopped_accepting() => Ok(None),
-            permit = session.slots.clone().acquire_owned() => Ok(permit.ok()),
+            _ = registrations.changed() => Ok(None),
+            () = first_stops_accepting(&sessions) => Ok(None),
+            slot = first_free_slot(&sessions) => Ok(slot),
         };
-        session.queued.fetch_sub(1, Ordering::Relaxed);
         match waited? {
-            Some(permit) if session.is_accepting() && !*controls.gate.paused.borrow() => {
-                return Ok((session, permit))
+            Some((index, permit))
+                if sessions[index].is_accepting() && !*controls.gate.paused.borrow() =>
+            {
+                return Ok((sessions[index].clone(), permit))
             }
             _ => continue,
         }
     }
+}
+
+/// Resolves with the index of the first session that hands out a slot, and
+/// the slot. Waiting in every session's queue at once lets a task go to
+/// whichever instance frees a slot first; the queues of the others forget
+/// the task when this future is dropped.
+async fn first_free_slot(sessions: &[Arc<SessionHandle>]) -> Option<(usize, OwnedSemaphorePermit)> {
+    let mut acquires: Vec<_> = sessions
+        .iter()
+        .map(|s| Box::pin(s.slots.clone().acquire_owned()))
+        .collect();
+    std::future::poll_fn(|cx| {
+        for (index, acquire) in acquires.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(result) = acquire.as_mut().poll(cx) {
+                return std::task::Poll::Ready(result.ok().map(|permit| (index, permit)));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Resolves when any of the sessions stops taking new tasks.
+async fn first_stops_accepting(sessions: &[Arc<SessionHandle>]) {
+    let mut stops: Vec<_> = sessions
+        .iter()
+        .map(|s| Box::pin(s.stopped_accepting()))
+        .collect();
+    std::future::poll_fn(|cx| {
+        for stop in stops.iter_mut() {
+            if stop.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Resolves once the watched value equals `value`; never, if the sender is gone.

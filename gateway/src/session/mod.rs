@@ -7,12 +7,20 @@ pub(crate) use handler::encode_frame;
 pub use handler::open_session;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use keygate_protocol::{Frame, GoAwayReason, TaskOutcome};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+/// What an agent declared in `Hello`.
+pub struct Hello {
+    pub protocol_version: u16,
+    pub capacity: u32,
+    pub agent_version: String,
+    pub instance_id: String,
+}
 
 /// Outcome of a task sent on a session.
 #[derive(Debug)]
@@ -32,6 +40,14 @@ pub struct SessionHandle {
     pub session_id: String,
     pub agent_id: String,
     pub account: String,
+    /// The agent instance (`Hello.instance_id`); a new session of the same
+    /// instance replaces this one.
+    pub instance_id: String,
+    /// The agent software version from `Hello`.
+    pub agent_version: String,
+    pub opened_at_ms: u64,
+    /// When the last frame from the agent arrived, in Unix milliseconds.
+    pub last_heard_ms: std::sync::atomic::AtomicU64,
     pub capacity: u32,
     /// Protocol version agreed in `Welcome`.
     pub protocol_version: u16,
@@ -40,8 +56,6 @@ pub struct SessionHandle {
     pending: Mutex<HashMap<String, oneshot::Sender<TaskReply>>>,
     /// One permit per task the agent may run at once.
     pub slots: Arc<Semaphore>,
-    /// Tasks waiting for a slot.
-    pub queued: AtomicUsize,
     close: watch::Sender<Option<GoAwayReason>>,
     /// Set when an administrator restarts the agent: no new task is sent, and
     /// the session ends once the running ones finish.
@@ -56,20 +70,23 @@ impl SessionHandle {
         session_id: String,
         agent_id: String,
         account: String,
-        capacity: u32,
-        protocol_version: u16,
+        hello: &Hello,
         outbound: mpsc::Sender<Bytes>,
     ) -> SessionHandle {
+        let now = crate::now_ms();
         SessionHandle {
             session_id,
             agent_id,
             account,
-            capacity,
-            protocol_version,
+            instance_id: hello.instance_id.clone(),
+            agent_version: hello.agent_version.clone(),
+            opened_at_ms: now,
+            last_heard_ms: std::sync::atomic::AtomicU64::new(now),
+            capacity: hello.capacity,
+            protocol_version: hello.protocol_version,
             outbound,
             pending: Mutex::new(HashMap::new()),
-            slots: Arc::new(Semaphore::new(capacity as usize)),
-            queued: AtomicUsize::new(0),
+            slots: Arc::new(Semaphore::new(hello.capacity as usize)),
             close: watch::channel(None).0,
             draining: AtomicBool::new(false),
             accepting: watch::channel(true).0,
@@ -176,14 +193,16 @@ impl SessionHandle {
         self.capacity as usize - self.slots.available_permits()
     }
 
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+    /// Notes that a frame arrived from the agent.
+    pub fn heard(&self) {
+        self.last_heard_ms.store(crate::now_ms(), Ordering::Relaxed);
     }
 }
 
-/// The sessions of this node, one per agent.
+/// The sessions of this node: one per agent instance.
 pub struct SessionRegistry {
-    sessions: Mutex<HashMap<String, Arc<SessionHandle>>>,
+    /// Sessions by agent id; each agent has one per connected instance.
+    sessions: Mutex<HashMap<String, Vec<Arc<SessionHandle>>>>,
     /// Agents restarted by an administrator, with the time until which their
     /// next session is expected; tasks for them queue meanwhile.
     returning: Mutex<HashMap<String, std::time::Instant>>,
@@ -202,23 +221,35 @@ impl Default for SessionRegistry {
 }
 
 impl SessionRegistry {
-    /// Returns the agent's session if it takes new tasks, else waits for the
-    /// agent's next session. Returns None only when `deadline` passes first.
+    /// Returns the agent's sessions that take new tasks, most free slots
+    /// first; waits for a new session while there is none. Returns None only
+    /// when `deadline` passes first.
     pub async fn accepting(
         &self,
         agent_id: &str,
         deadline: tokio::time::Instant,
-    ) -> Option<Arc<SessionHandle>> {
+    ) -> Option<Vec<Arc<SessionHandle>>> {
         let mut registered = self.registered.subscribe();
         loop {
-            if let Some(session) = self.get(agent_id).filter(|s| s.is_accepting()) {
-                return Some(session);
+            let mut sessions: Vec<_> = self
+                .sessions_of(agent_id)
+                .into_iter()
+                .filter(|s| s.is_accepting())
+                .collect();
+            if !sessions.is_empty() {
+                sessions.sort_by_key(|s| std::cmp::Reverse(s.slots.available_permits()));
+                return Some(sessions);
             }
             match tokio::time::timeout_at(deadline, registered.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) | Err(_) => return None,
             }
         }
+    }
+
+    /// Resolves when a session registers after this call.
+    pub fn registrations(&self) -> watch::Receiver<u64> {
+        self.registered.subscribe()
     }
 
     /// Notes that the agent was told to reconnect and should be back within `within`.
@@ -241,43 +272,65 @@ impl SessionRegistry {
             .is_some_and(|until| *until > std::time::Instant::now())
     }
 
+    /// Returns one of the agent's sessions, the oldest.
     pub fn get(&self, agent_id: &str) -> Option<Arc<SessionHandle>> {
         self.sessions
             .lock()
             .expect("registry lock")
             .get(agent_id)
-            .cloned()
+            .and_then(|sessions| sessions.first().cloned())
     }
 
-    /// Adds a session, returning the one it replaces for the same agent.
+    /// Returns every session of the agent, oldest first.
+    pub fn sessions_of(&self, agent_id: &str) -> Vec<Arc<SessionHandle>> {
+        self.sessions
+            .lock()
+            .expect("registry lock")
+            .get(agent_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Adds a session; returns the session of the same agent instance it replaces.
     fn insert(&self, session: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
         self.returning
             .lock()
             .expect("returning lock")
             .remove(&session.agent_id);
-        let old = self
-            .sessions
-            .lock()
-            .expect("registry lock")
-            .insert(session.agent_id.clone(), session);
+        let old = {
+            let mut all = self.sessions.lock().expect("registry lock");
+            let sessions = all.entry(session.agent_id.clone()).or_default();
+            let old = sessions
+                .iter()
+                .position(|s| s.instance_id == session.instance_id)
+                .map(|index| sessions.remove(index));
+            sessions.push(session);
+            old
+        };
         self.registered.send_modify(|count| *count += 1);
         old
     }
 
-    /// Removes the agent's entry only if it is still this session.
+    /// Removes the session, if it is still registered.
     fn remove(&self, session: &SessionHandle) {
         session.stop_accepting();
-        let mut sessions = self.sessions.lock().expect("registry lock");
-        if sessions
-            .get(&session.agent_id)
-            .is_some_and(|s| s.session_id == session.session_id)
-        {
-            sessions.remove(&session.agent_id);
+        let mut all = self.sessions.lock().expect("registry lock");
+        if let Some(sessions) = all.get_mut(&session.agent_id) {
+            sessions.retain(|s| s.session_id != session.session_id);
+            if sessions.is_empty() {
+                all.remove(&session.agent_id);
+            }
         }
     }
 
+    /// Returns the number of open sessions.
     pub fn len(&self) -> usize {
-        self.sessions.lock().expect("registry lock").len()
+        self.sessions
+            .lock()
+            .expect("registry lock")
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -290,6 +343,7 @@ impl SessionRegistry {
             .lock()
             .expect("registry lock")
             .values()
+            .flatten()
             .cloned()
             .collect()
     }

@@ -1,5 +1,6 @@
 //! Agent administration: create, list, show, disable, pause, restart, rotate credentials.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -15,6 +16,7 @@ use crate::directory::AgentRecord;
 use crate::http::body::{json_response, read_json, Response};
 use crate::http::problem::ApiError;
 use crate::http::{authenticate, require_scope, ConnInfo};
+use crate::session::SessionHandle;
 use crate::state::SharedState;
 
 #[derive(Deserialize, Default)]
@@ -161,37 +163,42 @@ pub async fn restart(
     let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, Scope::AgentsAdmin)?;
     let record = find_agent(state, &principal.account, agent_id).await?;
-    let session = state
+    let sessions: Vec<_> = state
         .sessions
-        .get(agent_id)
+        .sessions_of(agent_id)
+        .into_iter()
         .filter(|s| s.is_accepting())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "agent-not-connected",
-                format!("agent {agent_id} has no open session to restart"),
-            )
-        })?;
-    session.start_drain();
-    let in_flight = session.in_flight();
-    info!(agent.id = %agent_id, session.id = %session.session_id, in_flight, actor = %principal.subject, "agent restart requested");
+        .collect();
+    if sessions.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "agent-not-connected",
+            format!("agent {agent_id} has no open session to restart"),
+        ));
+    }
     let grace = Duration::from_millis(state.config.gateway.shutdown_grace_ms);
     state
         .sessions
         .expect_return(agent_id, grace + RESTART_RETURN_WINDOW);
-    tokio::spawn(async move {
-        let drained = tokio::time::timeout(grace, async {
-            while session.in_flight() > 0 {
-                tokio::time::sleep(DRAIN_POLL).await;
+    let mut in_flight = 0;
+    for session in sessions {
+        session.start_drain();
+        in_flight += session.in_flight();
+        info!(agent.id = %agent_id, session.id = %session.session_id, agent.instance = %session.instance_id, in_flight = session.in_flight(), actor = %principal.subject, "agent restart requested");
+        tokio::spawn(async move {
+            let drained = tokio::time::timeout(grace, async {
+                while session.in_flight() > 0 {
+                    tokio::time::sleep(DRAIN_POLL).await;
+                }
+            })
+            .await
+            .is_ok();
+            if !drained {
+                warn!(agent.id = %session.agent_id, session.id = %session.session_id, in_flight = session.in_flight(), "running tasks did not finish within the grace period; closing the session");
             }
-        })
-        .await
-        .is_ok();
-        if !drained {
-            warn!(agent.id = %session.agent_id, session.id = %session.session_id, in_flight = session.in_flight(), "running tasks did not finish within the grace period; closing the session");
-        }
-        session.close(GoAwayReason::ShuttingDown);
-    });
+            session.close(GoAwayReason::ShuttingDown);
+        });
+    }
     let mut view = agent_view(state, &record);
     view["restart"] = json!({ "in_flight": in_flight, "grace_ms": grace.as_millis() as u64 });
     Ok(json_response(StatusCode::ACCEPTED, &view))
@@ -227,13 +234,13 @@ pub async fn rotate_secret(
     Ok(json_response(StatusCode::OK, &view))
 }
 
-/// Closes the agent's session, if any, and shows it as closed in `view`.
+/// Closes every session of the agent and shows them as closed in `view`.
 fn close_session(state: &SharedState, agent_id: &str, view: &mut serde_json::Value) {
-    if let Some(session) = state.sessions.get(agent_id) {
+    for session in state.sessions.sessions_of(agent_id) {
         session.close(GoAwayReason::Unauthorized);
     }
     view["connected"] = json!(false);
-    view["session"] = serde_json::Value::Null;
+    view["instances"] = json!([]);
 }
 
 /// Looks an agent up for `account`: 404 if it does not exist, 403 if it belongs to another account.
@@ -257,14 +264,49 @@ pub async fn find_agent(
 }
 
 fn agent_view(state: &SharedState, record: &AgentRecord) -> serde_json::Value {
-    let session = state.sessions.get(&record.id);
-    let status = match &session {
-        _ if record.disabled => "disabled",
-        Some(s) if s.is_draining() => "restarting",
-        _ if record.paused => "paused",
-        Some(_) => "connected",
-        None => "not_connected",
+    let sessions = state.sessions.sessions_of(&record.id);
+    let heartbeat_ms = state.config.gateway.heartbeat_interval_ms;
+    let now = crate::now_ms();
+    // A session silent for more than one and a half heartbeat intervals has
+    // missed a heartbeat; the gateway closes it after three.
+    let silent = |s: &SessionHandle| {
+        now.saturating_sub(s.last_heard_ms.load(Ordering::Relaxed)) > heartbeat_ms * 3 / 2
     };
+    let status = if record.disabled {
+        "disabled"
+    } else if state.is_draining() || sessions.iter().any(|s| s.is_draining()) {
+        "stopping"
+    } else if record.paused {
+        "paused"
+    } else if sessions.is_empty() {
+        if record.first_connected_at_ms.is_some() {
+            "stopped"
+        } else {
+            "pending"
+        }
+    } else if sessions.iter().all(|s| silent(s)) {
+        "unknown"
+    } else {
+        "running"
+    };
+    let capacity: u64 = sessions.iter().map(|s| u64::from(s.capacity)).sum();
+    let in_flight: usize = sessions.iter().map(|s| s.in_flight()).sum();
+    let instances: Vec<_> = sessions
+        .iter()
+        .map(|s| {
+            json!({
+                "instance_id": s.instance_id,
+                "session_id": s.session_id,
+                "agent_version": s.agent_version,
+                "protocol_version": s.protocol_version,
+                "connected_at_ms": s.opened_at_ms,
+                "last_heard_at_ms": s.last_heard_ms.load(Ordering::Relaxed),
+                "capacity": s.capacity,
+                "in_flight": s.in_flight(),
+                "accepting": s.is_accepting(),
+            })
+        })
+        .collect();
     json!({
         "id": record.id,
         "account": record.account,
@@ -276,13 +318,10 @@ fn agent_view(state: &SharedState, record: &AgentRecord) -> serde_json::Value {
         "queued_tasks": state.gates.queued(&record.id),
         "projects": record.projects,
         "previous_secret_valid_until_ms": record.previous_secret.as_ref().map(|p| p.valid_until_ms),
-        "connected": session.is_some(),
-        "session": session.map(|s| json!({
-            "id": s.session_id,
-            "capacity": s.capacity,
-            "protocol_version": s.protocol_version,
-            "in_flight": s.in_flight(),
-            "queued": s.queued(),
-        })),
+        "first_connected_at_ms": record.first_connected_at_ms,
+        "connected": !sessions.is_empty(),
+        "capacity": capacity,
+        "in_flight": in_flight,
+        "instances": instances,
     })
 }

@@ -10,7 +10,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use keygate_auth::ClientIdentity;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
@@ -31,6 +31,9 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let handshake_timeout = Duration::from_millis(state.config.gateway.tls_handshake_timeout_ms);
+    let handshakes = Arc::new(Semaphore::new(
+        state.config.gateway.max_concurrent_handshakes,
+    ));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -44,6 +47,25 @@ pub async fn serve(
             _ = crate::stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
+        // A handshake costs far more CPU than a running session; shedding
+        // new connections at once keeps a reconnect storm from starving the
+        // sessions already open, and the agents retry with jittered backoff.
+        let handshake_slot = match &tls {
+            None => None,
+            Some(_) => match handshakes.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    state
+                        .metrics
+                        .handshakes_shed
+                        .with_label_values(&[kind.as_str()])
+                        .inc();
+                    debug!(listener = kind.as_str(), client.addr = %peer, "too many TLS handshakes in progress; connection closed");
+                    drop(stream);
+                    continue;
+                }
+            },
+        };
         let state = state.clone();
         let acceptor = tls.as_ref().map(|tls| TlsAcceptor::from(tls.current()));
         let watcher = graceful.watcher();
@@ -64,7 +86,10 @@ pub async fn serve(
                     )
                     .await
                     {
-                        Ok(Ok(s)) => s,
+                        Ok(Ok(s)) => {
+                            drop(handshake_slot);
+                            s
+                        }
                         Ok(Err((e, tcp))) => {
                             debug!(listener = kind.as_str(), client.addr = %peer, error = %e, "TLS handshake failed");
                             close_after_failed_handshake(tcp).await;
@@ -104,6 +129,46 @@ pub async fn serve(
     }
 }
 
+/// Explicit per-connection buffer limits, so a connection's memory has a
+/// known bound whatever the peer sends or fails to read.
+struct BufferLimits {
+    max_streams: u32,
+    /// Bytes a peer may send on one stream before the server reads them.
+    stream_window_bytes: u32,
+    /// Bytes a peer may send on all streams before the server reads them.
+    connection_window_bytes: u32,
+    /// Bytes of response data buffered per stream before the writer waits.
+    send_buffer_bytes: usize,
+    header_list_bytes: u32,
+    http1_read_buffer_bytes: usize,
+}
+
+impl BufferLimits {
+    fn for_listener(kind: ListenerKind) -> BufferLimits {
+        match kind {
+            // One long session stream and a few token requests per agent; the
+            // windows are small because thousands of agents connect at once,
+            // and a 1 MiB frame still passes, in several window updates.
+            ListenerKind::Agent => BufferLimits {
+                max_streams: 8,
+                stream_window_bytes: 64 * 1024,
+                connection_window_bytes: 128 * 1024,
+                send_buffer_bytes: 64 * 1024,
+                header_list_bytes: 16 * 1024,
+                http1_read_buffer_bytes: 64 * 1024,
+            },
+            ListenerKind::Api | ListenerKind::Ops => BufferLimits {
+                max_streams: 256,
+                stream_window_bytes: 1024 * 1024,
+                connection_window_bytes: 4 * 1024 * 1024,
+                send_buffer_bytes: 256 * 1024,
+                header_list_bytes: 32 * 1024,
+                http1_read_buffer_bytes: 256 * 1024,
+            },
+        }
+    }
+}
+
 /// Maximum time spent reading from a client after its handshake failed.
 const REJECTED_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Maximum bytes read from a client after its handshake failed.
@@ -136,7 +201,16 @@ where
     let (kind, peer) = (conn.listener, conn.peer);
     let conn = Arc::new(conn);
     let service = service_fn(move |req| handle(state.clone(), conn.clone(), req));
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let limits = BufferLimits::for_listener(kind);
+    builder.http1().max_buf_size(limits.http1_read_buffer_bytes);
+    builder
+        .http2()
+        .max_concurrent_streams(limits.max_streams)
+        .initial_stream_window_size(limits.stream_window_bytes)
+        .initial_connection_window_size(limits.connection_window_bytes)
+        .max_send_buf_size(limits.send_buffer_bytes)
+        .max_header_list_size(limits.header_list_bytes);
     let served = builder.serve_connection(io, service);
     if let Err(e) = watcher.watch(served.into_owned()).await {
         debug!(listener = kind.as_str(), client.addr = %peer, error = %e, "connection ended with an error");

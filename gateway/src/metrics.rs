@@ -4,7 +4,8 @@
 //! names), never from a secret name, a token or a string an agent sent.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -16,6 +17,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub signing_key_age: IntGauge,
+    pub handshakes_shed: IntCounterVec,
+    pub slow_consumers: IntCounter,
 }
 
 impl Metrics {
@@ -74,6 +77,19 @@ impl Metrics {
             &["listener", "route", "status"],
         )
         .expect("valid metric");
+        let handshakes_shed = IntCounterVec::new(
+            Opts::new(
+                "keygate_listener_handshakes_shed_total",
+                "Connections closed before their TLS handshake because gateway.max_concurrent_handshakes were already running, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let slow_consumers = IntCounter::new(
+            "keygate_gateway_slow_consumer_sessions_total",
+            "Agent sessions closed because the agent did not read its frames within gateway.write_timeout_ms.",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(agent_sessions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(tasks.clone()),
@@ -82,6 +98,8 @@ impl Metrics {
             Box::new(auth_failures.clone()),
             Box::new(http_requests.clone()),
             Box::new(signing_key_age.clone()),
+            Box::new(handshakes_shed.clone()),
+            Box::new(slow_consumers.clone()),
         ] {
             registry
                 .register(collector)
@@ -96,6 +114,8 @@ impl Metrics {
             auth_failures,
             http_requests,
             signing_key_age,
+            handshakes_shed,
+            slow_consumers,
         }
     }
 

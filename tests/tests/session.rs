@@ -204,3 +204,100 @@ async fn shutdown_sends_go_away() {
         .expect("shutdown finishes")
         .unwrap();
 }
+
+/// Reads one metric's value from the ops listener; 0 when the series is absent.
+async fn metric(server: &TestServer, series: &str) -> f64 {
+    let client = keygate_tests::HttpsClient::plain(server.ops_addr);
+    let (_, _, body) = client
+        .send(http::Method::GET, "/metrics", &[], Bytes::new())
+        .await;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_that_stops_reading_is_closed() {
+    let server = TestServer::start_with(|config| config.gateway.write_timeout_ms = 300).await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let mut session = RawSession::open(&server, &creds).await;
+    session
+        .send(Frame::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            max_concurrent_tasks: 1000,
+            agent_version: "test".into(),
+            instance_id: "stalled".into(),
+        })
+        .await;
+    assert!(matches!(session.next().await, Some(Frame::Welcome { .. })));
+
+    // From here on the agent reads nothing. Large tasks fill the flow-control
+    // window, then the gateway's bounded buffers, then the write timeout hits.
+    let blob = "x".repeat(200_000);
+    let mut submitted = 0;
+    while server.server().state().sessions.get(&creds.id).is_some() {
+        assert!(submitted < 1000, "the stalled session was never closed");
+        let (status, body) = server
+            .submit(
+                &creds.id,
+                serde_json::json!({"kind": "echo", "payload": blob, "wait_ms": 0}),
+            )
+            .await;
+        assert!(
+            status.is_success() || status == http::StatusCode::SERVICE_UNAVAILABLE,
+            "{status}: {body}"
+        );
+        submitted += 1;
+    }
+    assert_eq!(
+        metric(&server, "keygate_gateway_slow_consumer_sessions_total").await,
+        1.0
+    );
+    drop(session);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_beyond_the_limit_are_shed() {
+    let server =
+        TestServer::start_with(|config| config.gateway.max_concurrent_handshakes = 1).await;
+    // A connection that never starts its handshake holds the only slot.
+    let hog = tokio::net::TcpStream::connect(server.api_addr)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let config = keygate_gateway::tls::client_config(&server.ca_path(), None, false).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.api_addr)
+        .await
+        .unwrap();
+    let shed = connector.connect(name.clone(), tcp).await;
+    assert!(
+        shed.is_err(),
+        "a second handshake must be shed while the slot is held"
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "keygate_listener_handshakes_shed_total{listener=\"api\"}"
+        )
+        .await,
+        1.0
+    );
+
+    drop(hog);
+    let mut accepted = false;
+    for _ in 0..50 {
+        let tcp = tokio::net::TcpStream::connect(server.api_addr)
+            .await
+            .unwrap();
+        if connector.connect(name.clone(), tcp).await.is_ok() {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(accepted, "handshakes work again once the slot is free");
+}

@@ -52,6 +52,8 @@ pub const OPTION_PATHS: &[&str] = &[
     "gateway.shutdown_grace_ms",
     "gateway.max_delivery_attempts",
     "gateway.idempotency_window_secs",
+    "gateway.write_timeout_ms",
+    "gateway.max_concurrent_handshakes",
     "http.max_body_bytes",
     "telemetry.otlp_endpoint",
     "telemetry.otlp_ca_file",

@@ -228,6 +228,12 @@ pub struct GatewayConfig {
     pub max_delivery_attempts: u32,
     /// How long an `Idempotency-Key` maps repeated submissions to the first task.
     pub idempotency_window_secs: u64,
+    /// Longest a session may wait for its agent to take a frame; an agent
+    /// that stops reading is closed as a slow consumer after it.
+    pub write_timeout_ms: u64,
+    /// TLS handshakes in progress per listener; connections beyond it are
+    /// closed at once so a reconnect storm cannot starve running sessions.
+    pub max_concurrent_handshakes: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -294,6 +300,8 @@ impl Default for GatewayConfig {
             shutdown_grace_ms: 10_000,
             max_delivery_attempts: 3,
             idempotency_window_secs: 86_400,
+            write_timeout_ms: 10_000,
+            max_concurrent_handshakes: 256,
         }
     }
 }
@@ -546,6 +554,18 @@ impl Config {
                 g.max_delivery_attempts as u64,
                 1,
                 100,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range("gateway.write_timeout_ms", g.write_timeout_ms, 100, 600_000).err(),
+        );
+        problems.extend(
+            check_range(
+                "gateway.max_concurrent_handshakes",
+                g.max_concurrent_handshakes as u64,
+                1,
+                100_000,
             )
             .err(),
         );

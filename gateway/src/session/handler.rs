@@ -15,7 +15,7 @@ use keygate_protocol::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
-use super::{SessionHandle, TaskReply};
+use super::{Hello, SessionHandle, TaskReply};
 use crate::http::body::{ChannelBody, Response};
 use crate::http::problem::ApiError;
 use crate::http::{authenticate, ConnInfo};
@@ -27,7 +27,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound on the concurrency an agent may declare.
 const MAX_CAPACITY: u32 = 10_000;
 /// Frames buffered towards one agent before senders wait.
-const OUTBOUND_FRAMES: usize = 256;
+const OUTBOUND_FRAMES: usize = 64;
 /// Missed heartbeat intervals before a session counts as dead.
 const MISSED_HEARTBEATS: u32 = 3;
 
@@ -117,6 +117,8 @@ struct SessionInfo {
 /// Reason a session loop ended, for the log.
 enum End {
     AgentClosed,
+    /// The agent took no frame within the write timeout.
+    SlowConsumer,
     GoAway(GoAwayReason),
     BodyError(String),
     Protocol(FrameError),
@@ -131,11 +133,13 @@ async fn run_session(
     let max_frame = state.config.gateway.max_frame_bytes;
     let mut decoder = FrameDecoder::new(max_frame);
 
-    let Some((version, capacity)) = read_hello(&mut body, &mut decoder, &body_tx).await else {
+    let Some(hello) = read_hello(&mut body, &mut decoder, &body_tx).await else {
         return;
     };
+    let (version, capacity) = (hello.protocol_version, hello.capacity);
 
     let heartbeat = Duration::from_millis(state.config.gateway.heartbeat_interval_ms);
+    let write_timeout = Duration::from_millis(state.config.gateway.write_timeout_ms);
     let welcome = Frame::Welcome {
         protocol_version: version,
         session_id: info.session_id.clone(),
@@ -150,17 +154,17 @@ async fn run_session(
         info.session_id.clone(),
         info.agent_id.clone(),
         info.account.clone(),
-        capacity,
-        version,
+        &hello,
         task_tx,
     ));
     let mut close_rx = session.close.subscribe();
     if let Some(old) = state.sessions.insert(session.clone()) {
-        info!(old.session.id = %old.session_id, "new session replaces the previous one");
+        info!(old.session.id = %old.session_id, agent.instance = %hello.instance_id, "new session of the instance replaces the previous one");
         old.close(GoAwayReason::Replaced);
     }
     state.metrics.agent_sessions.inc();
-    info!(capacity, "agent session open");
+    info!(capacity, agent.instance = %hello.instance_id, agent.version = %hello.agent_version, "agent session open");
+    record_first_connection(&state, &info.agent_id);
 
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut last_heard = Instant::now();
@@ -172,6 +176,7 @@ async fn run_session(
         tokio::select! {
             frame = read_frame(&mut body, &mut decoder) => {
                 last_heard = Instant::now();
+                session.heard();
                 match frame {
                     Ok(Some(Frame::TaskResult { task_id, outcome, traceparent, payload })) => {
                         if !session.complete(&task_id, TaskReply::Done { outcome, traceparent, payload }) {
@@ -182,8 +187,8 @@ async fn run_session(
                         mark_running(&state, &session, &task_id);
                     }
                     Ok(Some(Frame::Ping { nonce })) => {
-                        if body_tx.send(encode_frame(&Frame::Pong { nonce })).await.is_err() {
-                            break End::AgentClosed;
+                        if let Err(end) = send_within(&body_tx, encode_frame(&Frame::Pong { nonce }), write_timeout).await {
+                            break end;
                         }
                     }
                     Ok(Some(Frame::Pong { .. })) => {}
@@ -194,8 +199,8 @@ async fn run_session(
                                 token_expiry.as_mut().reset(deadline(expires_at));
                                 let expires_in_ms = expires_at.saturating_sub(keygate_auth::unix_now()) * 1000;
                                 debug!(expires_in_ms, "session token refreshed");
-                                if body_tx.send(encode_frame(&Frame::TokenAccepted { expires_in_ms })).await.is_err() {
-                                    break End::AgentClosed;
+                                if let Err(end) = send_within(&body_tx, encode_frame(&Frame::TokenAccepted { expires_in_ms }), write_timeout).await {
+                                    break end;
                                 }
                             }
                             Err(error) => {
@@ -222,8 +227,8 @@ async fn run_session(
                 }
             }
             Some(frame) = task_rx.recv() => {
-                if body_tx.send(frame).await.is_err() {
-                    break End::AgentClosed;
+                if let Err(end) = send_within(&body_tx, frame, write_timeout).await {
+                    break end;
                 }
             }
             _ = ticker.tick() => {
@@ -232,8 +237,8 @@ async fn run_session(
                     break End::GoAway(GoAwayReason::HeartbeatTimeout);
                 }
                 ping_nonce += 1;
-                if body_tx.send(encode_frame(&Frame::Ping { nonce: ping_nonce })).await.is_err() {
-                    break End::AgentClosed;
+                if let Err(end) = send_within(&body_tx, encode_frame(&Frame::Ping { nonce: ping_nonce }), write_timeout).await {
+                    break end;
                 }
             }
             () = &mut token_expiry => {
@@ -264,6 +269,14 @@ async fn run_session(
     let failed = session.fail_pending();
     match end {
         End::AgentClosed => info!(failed_tasks = failed, "agent session closed by the agent"),
+        End::SlowConsumer => {
+            state.metrics.slow_consumers.inc();
+            warn!(
+                failed_tasks = failed,
+                write_timeout_ms = write_timeout.as_millis() as u64,
+                "agent session closed: the agent stopped reading its frames"
+            )
+        }
         End::GoAway(reason) => {
             info!(failed_tasks = failed, reason = ?reason, "agent session closed by the gateway")
         }
@@ -292,13 +305,30 @@ fn mark_running(state: &SharedState, session: &SessionHandle, task_id: &str) {
     }
 }
 
-/// Waits for the agent's `Hello`; returns the session's protocol version and
-/// capacity, or None after sending GoAway for a bad or missing hello.
+/// Stores that the agent has connected at least once, the first time only,
+/// so its status reads `stopped` rather than `pending` once it leaves.
+fn record_first_connection(state: &SharedState, agent_id: &str) {
+    let known = state
+        .agents
+        .get(agent_id)
+        .ok()
+        .flatten()
+        .is_some_and(|agent| agent.first_connected_at_ms.is_some());
+    if known {
+        return;
+    }
+    if let Err(error) = state.agents.set_first_connected(agent_id, crate::now_ms()) {
+        warn!(%error, "cannot store the agent's first connection");
+    }
+}
+
+/// Waits for the agent's `Hello`; returns what it declared, with the
+/// capacity clamped, or None after sending GoAway for a bad or missing hello.
 async fn read_hello(
     body: &mut Incoming,
     decoder: &mut FrameDecoder,
     body_tx: &mpsc::Sender<Bytes>,
-) -> Option<(u16, u32)> {
+) -> Option<Hello> {
     let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(body, decoder)).await;
     match hello {
         Ok(Ok(Some(Frame::Hello {
@@ -316,10 +346,12 @@ async fn read_hello(
                 return None;
             }
             debug!(agent.version = %agent_version, agent.instance = %instance_id, capacity = max_concurrent_tasks, "hello received");
-            Some((
+            Some(Hello {
                 protocol_version,
-                max_concurrent_tasks.clamp(1, MAX_CAPACITY),
-            ))
+                capacity: max_concurrent_tasks.clamp(1, MAX_CAPACITY),
+                agent_version,
+                instance_id,
+            })
         }
         Ok(Ok(Some(other))) => {
             let message = format!("the first frame must be hello, got {}", other.name());
@@ -416,6 +448,20 @@ async fn read_frame(
             Some(Err(e)) => return Err(ReadError::Body(e.to_string())),
             None => return Ok(None),
         }
+    }
+}
+
+/// Queues a frame for the agent, waiting at most `timeout` for room. The
+/// queue is bounded, so it stays full only while the agent reads nothing.
+async fn send_within(
+    body_tx: &mpsc::Sender<Bytes>,
+    frame: Bytes,
+    timeout: Duration,
+) -> Result<(), End> {
+    match tokio::time::timeout(timeout, body_tx.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::AgentClosed),
+        Err(_) => Err(End::SlowConsumer),
     }
 }
 

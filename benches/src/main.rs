@@ -6,12 +6,15 @@
 //! baseline). Each runs N concurrent workers over persistent HTTP/2
 //! connections for a bounded time and prints throughput and latency
 //! percentiles. `benches/run.sh` starts a server, an agent and nginx and runs
-//! them. `verify` measures token verification alone, in this process.
+//! them. `verify` measures token verification alone, in this process, and
+//! `sessions` holds idle agent sessions to measure the gateway's memory per
+//! session and a reconnect storm (`benches/sessions.sh`).
 
 #![forbid(unsafe_code)]
 
 mod client;
 mod load;
+mod sessions;
 mod verify;
 
 use std::path::PathBuf;
@@ -42,6 +45,38 @@ enum Command {
     Static(StaticArgs),
     /// Measure token verifications per second on one thread, in this process.
     Verify(VerifyArgs),
+    /// Hold idle agent sessions, report the gateway's memory per session, and optionally a reconnect storm.
+    Sessions(SessionsArgs),
+}
+
+#[derive(Args)]
+struct SessionsArgs {
+    /// `host:port` of the agent listener; must be a loopback address.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    agent: std::net::SocketAddr,
+    /// Folder with the agent's `ca.pem`, `client.pem` and `client-key.pem`.
+    #[arg(long)]
+    creds_dir: PathBuf,
+    #[arg(long)]
+    client_id: String,
+    /// File holding the agent's client secret.
+    #[arg(long)]
+    client_secret_file: PathBuf,
+    /// Sessions to hold open (at most 100000).
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Sessions opened at once while filling up.
+    #[arg(long, default_value_t = 64)]
+    open_concurrency: usize,
+    /// Process id of the gateway, whose resident memory is read from /proc.
+    #[arg(long)]
+    server_pid: u32,
+    /// Seconds to wait after the last session opened before reading the memory.
+    #[arg(long, default_value_t = 5)]
+    settle_secs: u64,
+    /// Then drop every session at once and time their reconnection.
+    #[arg(long)]
+    storm: bool,
 }
 
 #[derive(Args)]
@@ -186,6 +221,35 @@ async fn main() {
                     .await
                 }
                 Err(e) => Err(e),
+            }
+        }
+        Command::Sessions(args) => {
+            if !args.agent.ip().is_loopback() || args.count == 0 || args.count > 100_000 {
+                Err(format!(
+                    "--agent {} must be a loopback address and --count {} between 1 and 100000",
+                    args.agent, args.count
+                ))
+            } else {
+                match std::fs::read_to_string(&args.client_secret_file) {
+                    Err(e) => Err(format!(
+                        "cannot read --client-secret-file {}: {e}",
+                        args.client_secret_file.display()
+                    )),
+                    Ok(secret) => {
+                        sessions::run(sessions::SessionsPlan {
+                            agent: args.agent,
+                            creds_dir: args.creds_dir,
+                            client_id: args.client_id,
+                            client_secret: secret.trim().to_owned(),
+                            count: args.count,
+                            open_concurrency: args.open_concurrency,
+                            server_pid: args.server_pid,
+                            settle: Duration::from_secs(args.settle_secs),
+                            storm: args.storm,
+                        })
+                        .await
+                    }
+                }
             }
         }
         Command::Static(args) => {

@@ -146,14 +146,14 @@ struct BufferLimits {
 impl BufferLimits {
     fn for_listener(kind: ListenerKind) -> BufferLimits {
         match kind {
-            // One long session stream and a few token requests per agent; the
-            // windows are small because thousands of agents connect at once,
-            // and a 1 MiB frame still passes, in several window updates.
+            // One long session stream and a few token requests per agent.
+            // Windows of 64 KiB made busy sessions fail with connection
+            // errors under load, so they are as large as one 1 MiB frame.
             ListenerKind::Agent => BufferLimits {
                 max_streams: 8,
-                stream_window_bytes: 64 * 1024,
-                connection_window_bytes: 128 * 1024,
-                send_buffer_bytes: 64 * 1024,
+                stream_window_bytes: 1024 * 1024,
+                connection_window_bytes: 2 * 1024 * 1024,
+                send_buffer_bytes: 400 * 1024,
                 header_list_bytes: 16 * 1024,
                 http1_read_buffer_bytes: 64 * 1024,
             },

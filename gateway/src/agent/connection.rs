@@ -176,12 +176,11 @@ pub async fn run_session(
                     .acquire_owned()
                     .await
                     .expect("the semaphore is never closed");
-                if session_version >= 3 {
-                    let receipt = Frame::TaskAccepted {
+                let receipt = (session_version >= 3).then(|| {
+                    encode_frame(&Frame::TaskAccepted {
                         task_id: task_id.clone(),
-                    };
-                    let _ = frames_tx.send(encode_frame(&receipt)).await;
-                }
+                    })
+                });
                 let handler = handlers.get(&kind);
                 let tx = frames_tx.clone();
                 let trace = task_trace(traceparent.as_deref());
@@ -196,6 +195,13 @@ pub async fn run_session(
                 tokio::spawn(
                     async move {
                         let _permit = permit;
+                        // Sent from the task, not the read loop: when the
+                        // gateway is slow to read, only this task waits, and
+                        // the loop keeps reading frames, which is what lets
+                        // the gateway's writes, and then its reads, go on.
+                        if let Some(receipt) = receipt {
+                            let _ = tx.send(receipt).await;
+                        }
                         let id = task_id.clone();
                         tokio::select! {
                             frame = execute(handler, task_id, kind, timeout_ms, payload, trace.map(|t| t.to_header())) => {
@@ -216,7 +222,9 @@ pub async fn run_session(
                 }
             }
             Some(Frame::Ping { nonce }) => {
-                let _ = frames_tx.send(encode_frame(&Frame::Pong { nonce })).await;
+                // A full queue means frames are on their way anyway; the
+                // gateway only needs to hear something within three pings.
+                let _ = frames_tx.try_send(encode_frame(&Frame::Pong { nonce }));
             }
             Some(Frame::Pong { .. }) => {}
             Some(Frame::GoAway {

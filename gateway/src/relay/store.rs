@@ -3,7 +3,7 @@
 //!
 //! Layout in the `tasks` column family (task and agent ids never contain a
 //! NUL byte; accounts and idempotency keys are printable ASCII):
-//! - `t\0{task_id}`: JSON [`StoredTask`], rewritten at each status change;
+//! - `t\0{task_id}`: JSON [`StoredTask`], written at acceptance and when the task ends;
 //! - `p\0{task_id}`: the payload bytes, written once;
 //! - `i\0{account}\0{agent_id}\0{key}`: JSON [`IdempotencyEntry`].
 //!
@@ -94,10 +94,10 @@ impl TaskStore {
         Ok(())
     }
 
-    /// Rewrites a task's record after a status change. The write reaches the
+    /// Rewrites a task's record when it ends. The write reaches the
     /// write-ahead log but not necessarily the disk: after a power loss the
-    /// task may come back in an earlier status and run again, which
-    /// at-least-once delivery allows.
+    /// task may come back unfinished and run again, which at-least-once
+    /// delivery allows.
     pub fn update(&self, task: &StoredTask) -> Result<(), TaskStoreError> {
         let mut batch = WriteBatch::default();
         batch.put(Space::Tasks, task_key(&task.view.id), to_json(task));

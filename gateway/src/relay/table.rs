@@ -1,5 +1,5 @@
 //! The table of submitted tasks and their state, for waiting callers and
-//! polling, kept in memory and written through to the task store.
+//! polling, kept in memory; a task's final status is written to the task store.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -144,7 +144,7 @@ struct Inner {
 pub struct TaskTable {
     inner: Mutex<Inner>,
     max_finished: usize,
-    /// Where every change is written through; None in unit tests.
+    /// Where final statuses are written; None in unit tests.
     store: Option<TaskStore>,
 }
 
@@ -157,7 +157,7 @@ impl TaskTable {
         }
     }
 
-    /// A table that writes every status change to `store`.
+    /// A table that writes each task's final status to `store`.
     pub fn with_store(max_finished: usize, store: TaskStore) -> TaskTable {
         TaskTable {
             store: Some(store),
@@ -223,8 +223,10 @@ impl TaskTable {
         Ok(())
     }
 
-    /// Applies `change` to the task's view and writes the result through to
-    /// the store; finishing a task stamps `finished_at_ms`.
+    /// Applies `change` to the task's view; finishing a task stamps
+    /// `finished_at_ms` and writes the final view to the store. Statuses in
+    /// between stay in memory: after a restart an unfinished task is queued
+    /// again whatever it was doing, so storing them would buy nothing.
     pub fn update(&self, task_id: &str, change: impl FnOnce(&mut TaskView)) {
         let mut inner = self.inner.lock().expect("task table lock");
         let Some(entry) = inner.entries.get(task_id) else {
@@ -239,11 +241,15 @@ impl TaskTable {
                 finished_now = Some(now);
             }
         });
-        let stored = self.store.as_ref().map(|_| StoredTask {
-            account: entry.account.clone(),
-            view: entry.state.borrow().clone(),
-            idempotency_key: entry.idempotency_key.clone(),
-        });
+        let stored = self
+            .store
+            .as_ref()
+            .filter(|_| finished_now.is_some())
+            .map(|_| StoredTask {
+                account: entry.account.clone(),
+                view: entry.state.borrow().clone(),
+                idempotency_key: entry.idempotency_key.clone(),
+            });
         let mut dropped = Vec::new();
         if let Some(at) = finished_now {
             inner.finished.push_back((at, task_id.to_owned()));

@@ -13,6 +13,10 @@ use super::{
     MAX_SECRET_VALUE_BYTES,
 };
 
+/// Reads of the latest version made before giving up when each finds its
+/// version purged by a concurrent write.
+const READ_ATTEMPTS: u32 = 5;
+
 impl Vault {
     /// Stores `value` as a new version of the secret: version 1 for a new name,
     /// the current version plus one otherwise. See [`Vault::put_secret_with`].
@@ -145,6 +149,44 @@ impl Vault {
     ) -> Result<(SecretValue, SecretMetadata), VaultError> {
         project.validate()?;
         validate_secret_name(name)?;
+        // The metadata and the version record are two reads, so a write in
+        // between may purge or destroy the version the metadata named. A read
+        // of the latest version then tries again with the new metadata.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.read_secret_once(project, name, version)? {
+                Some(found) => return Ok(found),
+                None if version.is_none() && attempts < READ_ATTEMPTS => {}
+                None => {
+                    let metadata = self.secret_metadata(project, name)?;
+                    let wanted = version.unwrap_or(metadata.current_version);
+                    return Err(match version_info(project, &metadata, wanted) {
+                        Ok(info) if info.destroyed => VaultError::VersionDestroyed {
+                            project: project.clone(),
+                            name: name.to_owned(),
+                            version: wanted,
+                        },
+                        Ok(_) => VaultError::corrupt(
+                            Space::Secrets,
+                            &layout::secret_key(project, name, wanted),
+                            format!("the metadata lists version {wanted} as active but its record is missing"),
+                        ),
+                        Err(e) => e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads one version as [`Vault::read_secret`] does; returns None when
+    /// the metadata names a version whose record is gone.
+    fn read_secret_once(
+        &self,
+        project: &ProjectRef,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<(SecretValue, SecretMetadata)>, VaultError> {
         let metadata = self.secret_metadata(project, name)?;
         let version = version.unwrap_or(metadata.current_version);
         let info = version_info(project, &metadata, version)?;
@@ -166,9 +208,7 @@ impl Vault {
 
         let store_key = layout::secret_key(project, name, version);
         let Some(record) = self.store.get(Space::Secrets, &store_key)? else {
-            let reason =
-                format!("the metadata lists version {version} as active but its record is missing");
-            return Err(VaultError::corrupt(Space::Secrets, &store_key, reason));
+            return Ok(None);
         };
         let plaintext = self.open_secret(project, name, version, &store_key, &record)?;
 
@@ -179,7 +219,7 @@ impl Vault {
             secret.version = version,
             "read secret version"
         );
-        Ok((plaintext, metadata))
+        Ok(Some((plaintext, metadata)))
     }
 
     /// Decrypts one stored secret record with the data key it names.

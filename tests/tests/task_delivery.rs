@@ -439,3 +439,47 @@ async fn new_session_of_an_instance_replaces_the_old() {
     again.stop().await;
     first.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_timeout_ends_a_task_never_sent() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let agent = server.start_agent(&creds, 1).await;
+    call(
+        &server,
+        Method::POST,
+        &format!("/v1/agents/{}/pause", creds.id),
+    )
+    .await;
+
+    let (status, body) = server
+        .submit(
+            &creds.id,
+            json!({"kind": "echo", "payload": 1, "timeout_ms": 60_000, "queue_timeout_ms": 300, "wait_ms": 10_000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("queue_timeout_ms"),
+        "{body}"
+    );
+
+    let (status, body) = server
+        .submit(
+            &creds.id,
+            json!({"kind": "echo", "timeout_ms": 1000, "queue_timeout_ms": 2000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("queue_timeout_ms 2000"),
+        "{body}"
+    );
+    agent.stop().await;
+}

@@ -33,6 +33,8 @@ pub struct TaskSpec {
     pub payload: Bytes,
     /// Limit for the whole task, queueing included.
     pub timeout: Duration,
+    /// Limit for the wait before the first send, when shorter than `timeout`.
+    pub queue_timeout: Option<Duration>,
     /// The gateway's span for this task; the agent gets it as the parent of its own.
     pub trace: TraceContext,
     /// The caller's span, when the submission carried a `traceparent`.
@@ -94,6 +96,7 @@ pub fn spawn_task(
         kind: view.kind.clone(),
         payload,
         timeout,
+        queue_timeout: queue_time_left(&view),
         trace,
         parent_span_id,
         attempts: view.attempts,
@@ -106,6 +109,15 @@ pub fn spawn_task(
         || debug!(kind = %spec.kind, timeout_ms = timeout.as_millis() as u64, "task accepted"),
     );
     tokio::spawn(run_task(state.clone(), spec, controls).instrument(span));
+}
+
+/// Returns what is left of the task's queue timeout, for a task never sent.
+fn queue_time_left(view: &TaskView) -> Option<Duration> {
+    let limit = view.queue_timeout_ms.filter(|_| view.attempts == 0)?;
+    let ends_at = view.created_at_ms.saturating_add(limit);
+    Some(Duration::from_millis(
+        ends_at.saturating_sub(crate::now_ms()),
+    ))
 }
 
 /// Runs one accepted task to its end: waits while the agent is paused and
@@ -180,10 +192,27 @@ async fn relay(
 ) -> Outcome {
     let max_attempts = state.config.gateway.max_delivery_attempts.max(1);
     let mut attempts = spec.attempts;
+    let queue_deadline = spec
+        .queue_timeout
+        .map(|limit| (tokio::time::Instant::now() + limit).min(deadline));
     loop {
         let mut queued = gates::QueuedGuard::new(&controls.gate.queued);
-        let (session, _permit) = match wait_for_slot(state, spec, controls, deadline).await {
+        // Only the wait before the first send has its own, shorter limit.
+        let wait_until = match queue_deadline {
+            Some(queue_deadline) if attempts == 0 => queue_deadline,
+            _ => deadline,
+        };
+        let (session, _permit) = match wait_for_slot(state, spec, controls, wait_until).await {
             Ok(slot) => slot,
+            Err(outcome) if wait_until < deadline && outcome.status == TaskStatus::TimedOut => {
+                return Outcome::failed(
+                    TaskStatus::TimedOut,
+                    format!(
+                        "agent {} did not take the task before its queue_timeout_ms ran out",
+                        spec.agent_id
+                    ),
+                )
+            }
             Err(outcome) => return outcome,
         };
         queued.release();

@@ -63,6 +63,10 @@ pub struct TaskView {
     pub kind: String,
     pub status: TaskStatus,
     pub timeout_ms: u64,
+    /// Longest the task may wait before it is first sent; without it, the
+    /// whole `timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_ms: Option<u64>,
     pub created_at_ms: u64,
     /// When the task was last sent to the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +106,7 @@ impl TaskView {
             kind: kind.to_owned(),
             status: TaskStatus::Queued,
             timeout_ms,
+            queue_timeout_ms: None,
             created_at_ms: crate::now_ms(),
             dispatched_at_ms: None,
             started_at_ms: None,

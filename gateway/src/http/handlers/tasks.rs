@@ -42,6 +42,10 @@ struct SubmitTask {
     payload: serde_json::Value,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// Longest the task may wait before it is first sent to the agent; at
+    /// most `timeout_ms`, which it defaults to.
+    #[serde(default)]
+    queue_timeout_ms: Option<u64>,
     /// Time this call waits for the result before it returns 202; 0 returns at once.
     #[serde(default)]
     wait_ms: Option<u64>,
@@ -73,6 +77,13 @@ pub async fn submit(
         return Err(ApiError::bad_request(
             "invalid-input",
             format!("timeout_ms {timeout_ms} must be between 1 and {max_timeout}"),
+        ));
+    }
+    let queue_timeout_ms = body.queue_timeout_ms.unwrap_or(timeout_ms);
+    if queue_timeout_ms == 0 || queue_timeout_ms > timeout_ms {
+        return Err(ApiError::bad_request(
+            "invalid-input",
+            format!("queue_timeout_ms {queue_timeout_ms} must be between 1 and timeout_ms ({timeout_ms})"),
         ));
     }
     let max_wait = state.config.gateway.max_wait_ms;
@@ -165,13 +176,14 @@ pub async fn submit(
     }
 
     let task_id = format!("tsk_{}", crate::directory::random_hex(12));
-    let view = TaskView::new(
+    let mut view = TaskView::new(
         &task_id,
         &agent.id,
         &body.kind,
         timeout_ms,
         &trace.to_header(),
     );
+    view.queue_timeout_ms = body.queue_timeout_ms;
     let stored = StoredTask {
         account: principal.account.clone(),
         view: view.clone(),

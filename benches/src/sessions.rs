@@ -4,7 +4,7 @@
 //!
 //! Every session belongs to one agent and names its own instance, so each is
 //! a separate session on the gateway with its own TLS connection. The
-//! sessions answer the gateway's pings, so none is closed as silent.
+//! sessions reply to the gateway's pings, so none is closed as silent.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ use tokio_rustls::TlsConnector;
 /// The same bounds as the reference agent's.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Longest a whole phase (opening, or the storm) may take.
+/// Time limit of a whole phase (opening, or the storm).
 const PHASE_LIMIT: Duration = Duration::from_secs(300);
 
 pub struct SessionsPlan {
@@ -53,12 +53,12 @@ struct Shared {
 }
 
 /// An open session; dropping it closes the connection.
-struct Held {
+struct OpenSession {
     _frames: mpsc::Sender<Bytes>,
     reader: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Held {
+impl Drop for OpenSession {
     fn drop(&mut self) {
         self.reader.abort();
     }
@@ -123,7 +123,7 @@ async fn open_all(
     shared: &Arc<Shared>,
     count: usize,
     concurrency: usize,
-) -> Result<Vec<Held>, String> {
+) -> Result<Vec<OpenSession>, String> {
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(count);
     for index in 0..count {
@@ -154,7 +154,7 @@ async fn open_all(
     Ok(held)
 }
 
-async fn open_with_retry(shared: &Shared, index: usize) -> Result<Held, String> {
+async fn open_with_retry(shared: &Shared, index: usize) -> Result<OpenSession, String> {
     let mut ceiling = MIN_BACKOFF;
     let deadline = Instant::now() + PHASE_LIMIT;
     loop {
@@ -170,7 +170,7 @@ async fn open_with_retry(shared: &Shared, index: usize) -> Result<Held, String> 
     }
 }
 
-/// A random duration below `ceiling`.
+/// Returns a random duration below `ceiling`.
 fn jitter(ceiling: Duration) -> Duration {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 8];
@@ -179,7 +179,7 @@ fn jitter(ceiling: Duration) -> Duration {
     ceiling.mul_f64(fraction)
 }
 
-async fn open_session(shared: &Shared, index: usize) -> Result<Held, String> {
+async fn open_session(shared: &Shared, index: usize) -> Result<OpenSession, String> {
     let tcp = tokio::net::TcpStream::connect(shared.agent)
         .await
         .map_err(|e| e.to_string())?;
@@ -234,7 +234,7 @@ async fn open_session(shared: &Shared, index: usize) -> Result<Held, String> {
             }
         }
     });
-    Ok(Held {
+    Ok(OpenSession {
         _frames: frames,
         reader,
     })

@@ -47,9 +47,9 @@ pub async fn serve(
             _ = crate::stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        // A handshake costs far more CPU than a running session; shedding
-        // new connections at once keeps a reconnect storm from starving the
-        // sessions already open, and the agents retry with jittered backoff.
+        // A handshake costs far more CPU than a running session. Shedding new
+        // connections at once keeps a reconnect storm from starving the open
+        // sessions, while the agents retry with jittered backoff.
         let handshake_slot = match &tls {
             None => None,
             Some(_) => match handshakes.clone().try_acquire_owned() {

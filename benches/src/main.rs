@@ -7,7 +7,7 @@
 //! connections for a bounded time and prints throughput and latency
 //! percentiles. `benches/run.sh` starts a server, an agent and nginx and runs
 //! them. `verify` measures token verification alone, in this process, and
-//! `sessions` holds idle agent sessions to measure the gateway's memory per
+//! `sessions` keeps idle agent sessions open to measure the gateway's memory per
 //! session and a reconnect storm (`benches/sessions.sh`).
 
 #![forbid(unsafe_code)]

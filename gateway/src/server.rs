@@ -313,9 +313,8 @@ impl Server {
         }
         self.state.relay_stop.send_replace(true);
         self.state.telemetry.shutdown().await;
-        // Relays and sessions drop their handles as they end; the store
-        // closes with the last one, so a restart in the same process can
-        // open it again.
+        // Relays and sessions drop their handles as they end. The store closes
+        // with the last one, so a restart in the same process can open it again.
         let released = tokio::time::timeout(RELEASE_WAIT, async {
             while Arc::strong_count(&self.state) > 1 {
                 tokio::time::sleep(Duration::from_millis(10)).await;

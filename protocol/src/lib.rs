@@ -35,7 +35,7 @@
 //! | 13   | `TaskAccepted` | agent → gateway, version 3 | `task_id: str` |
 //!
 //! Types 10 and 11 decode to [`Frame::Task`] and [`Frame::TaskResult`] with
-//! `traceparent` set; the field holds a W3C Trace Context `traceparent` header
+//! `traceparent` set; the field contains a W3C Trace Context `traceparent` header
 //! value.
 //!
 //! Decoding is strict. The decoder rejects a length prefix of 0, or one above

@@ -267,7 +267,7 @@ fn run(command: &mut Command) -> Output {
     command.output().expect("run keygate")
 }
 
-/// Whether a progress line reports all files done, as in `7 of 7 files, 1.2 MiB`.
+/// Returns whether a progress line reports all files done, as in `7 of 7 files, 1.2 MiB`.
 fn has_final_files_line(stdout: &str) -> bool {
     stdout.lines().any(|line| {
         let words: Vec<&str> = line.split_whitespace().collect();

@@ -261,7 +261,7 @@ async fn agent_that_stops_reading_is_closed() {
 async fn handshakes_beyond_the_limit_are_shed() {
     let server =
         TestServer::start_with(|config| config.gateway.max_concurrent_handshakes = 1).await;
-    // A connection that never starts its handshake holds the only slot.
+    // A connection that never starts its handshake takes the only slot.
     let hog = tokio::net::TcpStream::connect(server.api_addr)
         .await
         .unwrap();

@@ -173,7 +173,7 @@ pub fn create_backup(
     fs::create_dir_all(backup_dir)
         .map_err(|e| BackupError::io("create the backup folder", backup_dir, e))?;
     let folder = backup_dir.join(name);
-    // Only the owner may enter: the backup holds secret names, definitions
+    // Only the owner may enter: the backup contains secret names, definitions
     // and audit records in plain text beside the ciphertexts.
     match private_folder(&folder) {
         Ok(()) => {}
@@ -304,10 +304,10 @@ pub fn verify_backup(
     Ok(manifest)
 }
 
-/// What a backup, verification or restore reports while it runs.
+/// Progress report of a backup, verification or restore.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Progress<'a> {
-    /// A step begins; the text says which.
+    /// A step begins; the text names it.
     Step(&'a str),
     /// One more file of the current step is done.
     Files {

@@ -24,7 +24,7 @@ pub enum TasksCommand {
     Get(TaskArgs),
     /// Poll a task until it finishes or --timeout passes.
     Wait(WaitArgs),
-    /// Cancel a queued or running task; the agent is told to stop it.
+    /// Cancel a queued or running task; the agent gets a request to stop it.
     Cancel(TaskArgs),
 }
 

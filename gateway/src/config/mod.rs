@@ -228,8 +228,8 @@ pub struct GatewayConfig {
     pub max_delivery_attempts: u32,
     /// How long an `Idempotency-Key` maps repeated submissions to the first task.
     pub idempotency_window_secs: u64,
-    /// Longest a session may wait for its agent to take a frame; an agent
-    /// that stops reading is closed as a slow consumer after it.
+    /// Maximum wait for an agent to take a frame. An agent that stops reading
+    /// is closed as a slow consumer after it.
     pub write_timeout_ms: u64,
     /// TLS handshakes in progress per listener; connections beyond it are
     /// closed at once so a reconnect storm cannot starve running sessions.

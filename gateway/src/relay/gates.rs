@@ -1,5 +1,5 @@
-//! Per-agent gates of the relay: the pause switch that holds an agent's
-//! queued tasks back, and the count of its tasks waiting to be sent.
+//! Per-agent gates of the relay: the pause switch that keeps an agent's
+//! queued tasks from being sent, and the count of its tasks waiting to be sent.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +21,7 @@ impl Gate {
     }
 }
 
-/// What the relay holds of an agent's gate while a task waits.
+/// The part of an agent's gate that the relay keeps while a task waits.
 pub struct AgentGate {
     /// True while the agent is paused.
     pub paused: watch::Receiver<bool>,

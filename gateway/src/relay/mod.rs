@@ -148,7 +148,7 @@ pub async fn run_task(state: SharedState, spec: TaskSpec, mut controls: TaskCont
         .with_label_values(&[outcome.status.as_str()])
         .inc();
     // One line per failed task at info, so an SRE finds it by its trace id
-    // without debug logging; successes would flood the log at full rate.
+    // without debug logging. Successes stay at debug because they would flood the log.
     if outcome.status == TaskStatus::Succeeded {
         debug!(status = outcome.status.as_str(), "task finished");
     } else {
@@ -238,7 +238,7 @@ async fn relay(
     }
 }
 
-/// How one send of a task ended.
+/// The end of one send of a task.
 enum Delivery {
     Done(Outcome),
     /// The session ended before the result arrived; the task may be sent again.
@@ -298,8 +298,8 @@ async fn deliver(
             Ok(TaskReply::SessionClosed) | Err(_) => Delivery::SessionEnded,
         },
         () = became(&mut controls.cancelled, true) => {
-            let told = session.cancel_on_agent(task_id, "cancelled by the caller").await;
-            debug!(agent_told = told, "task cancelled while the agent ran it");
+            let sent = session.cancel_on_agent(task_id, "cancelled by the caller").await;
+            debug!(cancel_sent = sent, "task cancelled while the agent ran it");
             Delivery::Done(Outcome::failed(
                 TaskStatus::Cancelled,
                 format!("cancelled while agent {} ran it", spec.agent_id),

@@ -1,5 +1,5 @@
 //! The table of submitted tasks and their state, for waiting callers and
-//! polling, kept in memory; a task's final status is written to the task store.
+//! polling. It lives in memory, and a task's final status goes to the task store.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -63,8 +63,8 @@ pub struct TaskView {
     pub kind: String,
     pub status: TaskStatus,
     pub timeout_ms: u64,
-    /// Longest the task may wait before it is first sent; without it, the
-    /// whole `timeout_ms`.
+    /// Maximum wait before the task is first sent; without it, the whole
+    /// `timeout_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout_ms: Option<u64>,
     pub created_at_ms: u64,
@@ -92,7 +92,7 @@ pub struct TaskView {
 }
 
 impl TaskView {
-    /// A task just accepted: queued, created now.
+    /// Creates the view of a task just accepted: queued, created now.
     pub fn new(
         id: &str,
         agent_id: &str,
@@ -127,7 +127,7 @@ struct Entry {
     cancel: watch::Sender<bool>,
 }
 
-/// Why a task cannot be cancelled.
+/// The reason a task cannot be cancelled.
 #[derive(Debug)]
 pub enum CancelRefused {
     /// No such task for the account, or its result has expired.
@@ -149,7 +149,7 @@ struct Inner {
 pub struct TaskTable {
     inner: Mutex<Inner>,
     max_finished: usize,
-    /// Where final statuses are written; None in unit tests.
+    /// The store that receives final statuses; None in unit tests.
     store: Option<TaskStore>,
 }
 
@@ -162,7 +162,7 @@ impl TaskTable {
         }
     }
 
-    /// A table that writes each task's final status to `store`.
+    /// Creates a table that writes each task's final status to `store`.
     pub fn with_store(max_finished: usize, store: TaskStore) -> TaskTable {
         TaskTable {
             store: Some(store),

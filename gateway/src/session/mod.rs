@@ -14,7 +14,7 @@ use bytes::Bytes;
 use keygate_protocol::{Frame, GoAwayReason, TaskOutcome};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-/// What an agent declared in `Hello`.
+/// The fields an agent declared in `Hello`.
 pub struct Hello {
     pub protocol_version: u16,
     pub capacity: u32,
@@ -252,7 +252,7 @@ impl SessionRegistry {
         self.registered.subscribe()
     }
 
-    /// Notes that the agent was told to reconnect and should be back within `within`.
+    /// Records that the agent got GoAway and should reconnect within `within`.
     pub fn expect_return(&self, agent_id: &str, within: std::time::Duration) {
         let mut returning = self.returning.lock().expect("returning lock");
         let now = std::time::Instant::now();

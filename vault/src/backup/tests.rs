@@ -51,7 +51,7 @@ fn quiet() -> impl FnMut(Progress<'_>) {
     |_: Progress<'_>| {}
 }
 
-/// The counts of a `Progress::Files`: done, total, bytes done, bytes total.
+/// Returns the counts of a `Progress::Files`: done, total, bytes done, bytes total.
 fn progress_owned(progress: Progress<'_>) -> (usize, usize, u64, Option<u64>) {
     match progress {
         Progress::Files {

@@ -152,8 +152,8 @@ pub async fn set_paused(
 }
 
 /// Restarts the agent's session: no new task is sent on it, and once its
-/// running tasks finish (or the shutdown grace period ends) the agent is
-/// told to reconnect. Queued tasks wait for the new session.
+/// running tasks finish (or the shutdown grace period ends) the agent gets
+/// GoAway and reconnects. Queued tasks wait for the new session.
 pub async fn restart(
     state: &SharedState,
     conn: &ConnInfo,

@@ -28,7 +28,7 @@ const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_WAIT_MS: u64 = 10_000;
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
-/// Set on the answer to a repeated submission.
+/// Set on the response to a repeated submission.
 const REPLAYED: http::HeaderName = http::HeaderName::from_static("idempotent-replayed");
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 /// How long a cancel request waits for the relay to end the task.
@@ -42,8 +42,8 @@ struct SubmitTask {
     payload: serde_json::Value,
     #[serde(default)]
     timeout_ms: Option<u64>,
-    /// Longest the task may wait before it is first sent to the agent; at
-    /// most `timeout_ms`, which it defaults to.
+    /// Maximum wait before the task is first sent to the agent; at most
+    /// `timeout_ms`, which is also the default.
     #[serde(default)]
     queue_timeout_ms: Option<u64>,
     /// Time this call waits for the result before it returns 202; 0 returns at once.
@@ -290,7 +290,7 @@ fn earlier_task(
     Ok(Some(entry.task_id))
 }
 
-/// Answers a repeated submission with the task the first one created.
+/// Returns, for a repeated submission, the task the first one created.
 async fn replay(
     state: &SharedState,
     account: &str,
@@ -339,7 +339,7 @@ fn task_store_error(error: &TaskStoreError) -> ApiError {
 
 /// The gateway's span context for a new task: a child of the caller's
 /// `traceparent`, or the root of a new trace when the header is missing or
-/// invalid (W3C Trace Context says to restart the trace rather than refuse).
+/// invalid, because W3C Trace Context restarts the trace rather than reject the request.
 fn task_trace(headers: &http::HeaderMap) -> (TraceContext, Option<[u8; 8]>) {
     let Some(header) = headers.get(TRACEPARENT) else {
         return (TraceContext::new_root(true), None);
@@ -357,8 +357,8 @@ fn task_trace(headers: &http::HeaderMap) -> (TraceContext, Option<[u8; 8]>) {
     }
 }
 
-/// Cancels a queued or running task. A running task's agent is told to stop
-/// it (protocol version 3 and later). Answers with the task once it has
+/// Cancels a queued or running task. A running task's agent gets
+/// `CancelTask` (protocol version 3 and later). Returns the task once it has
 /// ended, or 202 if it has not within a few seconds.
 pub async fn cancel(
     state: &SharedState,

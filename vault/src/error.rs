@@ -93,7 +93,7 @@ pub enum VaultError {
     #[error("JSON key {key:?} not found in the value of secret {secret:?}")]
     JsonKeyNotFound { secret: String, key: String },
 
-    #[error("secret definition {definition:?} uses provider `{provider}`, which keygate cannot resolve yet (only `hosted` is supported)")]
+    #[error("secret definition {definition:?} uses provider `{provider}`, which the vault does not read; the gateway resolves it through a connection")]
     ProviderNotSupported {
         provider: &'static str,
         definition: String,

@@ -15,7 +15,7 @@ use crate::keys::SecretValue;
 ///
 /// NOTE: serde_json does not zeroize its parsed values, so copies of the
 /// plaintext stay in freed memory after this returns.
-pub(crate) fn select_json_key(
+pub fn select_json_key(
     value: &SecretValue,
     secret: &str,
     key: &str,

@@ -27,6 +27,8 @@
 //! | `meta` | `audit_head` | JSON `{"seq", "hash"}` of the last audit record, written in the same batch as the records |
 //! | `audit` | sequence number, u64 big-endian | JSON of one audit record (see below); not encrypted |
 //! | `agents` | written by the gateway, not by this crate | |
+//! | `tasks` | written by the gateway, not by this crate | |
+//! | `connections` | written by the gateway, not by this crate: `lp(account)` name → JSON of a connection, whose credentials are names of hosted secrets | |
 //!
 //! Secret and definition names, account and project ids, and the locations in
 //! definitions are stored in plain text. Secret values and data keys are

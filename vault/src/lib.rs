@@ -26,6 +26,7 @@ pub mod vault;
 
 pub use error::{ErrorKind, VaultError};
 pub use ids::{validate_account_id, validate_project_id, validate_secret_name, ProjectRef};
+pub use json_key::select_json_key;
 pub use keys::{MasterKey, SecretValue};
 pub use location::SecretLocation;
 pub use store::memory::MemStore;

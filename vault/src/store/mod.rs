@@ -39,11 +39,13 @@ pub enum Space {
     Audit,
     /// Tasks accepted by the gateway and their state, written by the gateway.
     Tasks,
+    /// Accounts' connections to external secret managers, written by the gateway.
+    Connections,
 }
 
 impl Space {
     /// Every space, in a fixed order.
-    pub const ALL: [Space; 8] = [
+    pub const ALL: [Space; 9] = [
         Space::Agents,
         Space::DataKeys,
         Space::Secrets,
@@ -52,6 +54,7 @@ impl Space {
         Space::Meta,
         Space::Audit,
         Space::Tasks,
+        Space::Connections,
     ];
 
     /// Returns the space's name, which is also its RocksDB column family name.
@@ -65,6 +68,7 @@ impl Space {
             Space::Meta => "meta",
             Space::Audit => "audit",
             Space::Tasks => "tasks",
+            Space::Connections => "connections",
         }
     }
 

@@ -114,8 +114,9 @@ impl Vault {
     /// with [`VaultError::ValueNotJsonObject`], and a missing key with
     /// [`VaultError::JsonKeyNotFound`].
     ///
-    /// Every external provider fails with [`VaultError::ProviderNotSupported`],
-    /// because keygate does not read from them yet.
+    /// Every external provider fails with [`VaultError::ProviderNotSupported`]:
+    /// this crate stores their locations, and the gateway reads them from the
+    /// providers.
     pub fn resolve(
         &self,
         project: &ProjectRef,
@@ -123,8 +124,6 @@ impl Vault {
     ) -> Result<Resolved, VaultError> {
         let definition = self.get_definition(project, definition_name)?;
         let SecretLocation::Hosted { secret, json_key } = &definition.location else {
-            // TODO: resolve external providers; their locations are stored and
-            // validated, but nothing reads from them yet.
             return Err(VaultError::ProviderNotSupported {
                 provider: definition.location.provider(),
                 definition: definition.name,

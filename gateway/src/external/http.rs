@@ -1,0 +1,349 @@
+//! One HTTP/1.1 request to a secret manager or its token service, over TLS
+//! or plain http to a loopback host, with connect and total timeouts.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use zeroize::Zeroizing;
+
+use super::error::{FailureKind, ProviderError};
+use crate::jwks_client::OutboundUrl;
+use crate::tls::{self, TlsError};
+
+/// Largest response body read from a provider.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Settings shared by every outbound request.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    pub connect_timeout: Duration,
+    /// Time one request may take, from name resolution to the end of the body.
+    pub request_timeout: Duration,
+    /// Only loopback addresses may be contacted, whatever a URL names.
+    pub loopback_only: bool,
+}
+
+/// An HTTP client for provider APIs. It opens a new connection per request.
+pub struct HttpClient {
+    settings: ClientSettings,
+    tls: TlsConnector,
+}
+
+/// A request to send. `url` is absolute; the body is sent as is.
+pub struct Request<'a> {
+    pub method: Method,
+    pub url: &'a str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+impl<'a> Request<'a> {
+    pub fn get(url: &'a str) -> Request<'a> {
+        Request {
+            method: Method::GET,
+            url,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    pub fn post(url: &'a str, content_type: &str, body: impl Into<Bytes>) -> Request<'a> {
+        Request {
+            method: Method::POST,
+            url,
+            headers: vec![("content-type", content_type.to_owned())],
+            body: body.into(),
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Request<'a> {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// A provider's answer, whatever its status.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    /// The `Retry-After` header in seconds, when present and numeric.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let value = self.headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+        value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    }
+
+    /// The body as JSON, or an invalid-response error naming `what`.
+    pub fn json(&self, what: &str) -> Result<serde_json::Value, ProviderError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ProviderError::invalid_response(format!(
+                "{what} answered HTTP {} with a body that is not JSON: {e}",
+                self.status.as_u16()
+            ))
+        })
+    }
+}
+
+impl HttpClient {
+    /// Builds a client trusting the PEM bundle `ca_file`, or the Mozilla root
+    /// certificates of the webpki-roots crate when it is unset.
+    pub fn new(settings: ClientSettings, ca_file: Option<&Path>) -> Result<HttpClient, TlsError> {
+        Ok(HttpClient {
+            settings,
+            tls: tls::https_connector(ca_file)?,
+        })
+    }
+
+    pub fn settings(&self) -> &ClientSettings {
+        &self.settings
+    }
+
+    /// Sends `request` and returns the answer. Transport failures map to
+    /// [`FailureKind::Unreachable`] or [`FailureKind::TimedOut`]; the caller
+    /// reads the status.
+    pub async fn send(&self, request: Request<'_>) -> Result<Response, ProviderError> {
+        let url = OutboundUrl::parse(request.url, "https://host/path").map_err(|reason| {
+            ProviderError::misconfigured(format!("the URL {:?} {reason}", request.url))
+        })?;
+        let timeout = self.settings.request_timeout;
+        tokio::time::timeout(timeout, self.send_unbounded(&url, request))
+            .await
+            .map_err(|_| {
+                ProviderError::new(
+                    FailureKind::TimedOut,
+                    format!(
+                        "{} did not answer within {} ms",
+                        url.authority,
+                        timeout.as_millis()
+                    ),
+                )
+            })?
+    }
+
+    async fn send_unbounded(
+        &self,
+        url: &OutboundUrl,
+        request: Request<'_>,
+    ) -> Result<Response, ProviderError> {
+        let path = url
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("/");
+        let mut builder = http::Request::builder()
+            .method(request.method)
+            .uri(path)
+            .header(http::header::HOST, url.authority.as_str())
+            .header(
+                http::header::USER_AGENT,
+                concat!("keygate/", env!("CARGO_PKG_VERSION")),
+            );
+        for (name, value) in &request.headers {
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                ProviderError::misconfigured(format!(
+                    "the {name} header of a request to {} is not a valid header value",
+                    url.authority
+                ))
+            })?;
+            builder = builder.header(*name, value);
+        }
+        let http_request = builder
+            .body(Full::new(request.body))
+            .map_err(|e| ProviderError::misconfigured(format!("invalid request: {e}")))?;
+
+        let tcp = self.connect(url).await?;
+        if url.https {
+            let name = ServerName::try_from(url.host.clone()).map_err(|e| {
+                ProviderError::misconfigured(format!("invalid server name {:?}: {e}", url.host))
+            })?;
+            let stream = self.tls.connect(name, tcp).await.map_err(|e| {
+                ProviderError::new(
+                    FailureKind::Unreachable,
+                    format!("the TLS handshake with {} failed: {e}", url.authority),
+                )
+            })?;
+            exchange(TokioIo::new(stream), http_request, &url.authority).await
+        } else {
+            exchange(TokioIo::new(tcp), http_request, &url.authority).await
+        }
+    }
+
+    /// Resolves the host and connects to the first address that accepts.
+    /// Plain http and a loopback-only client try loopback addresses only.
+    async fn connect(&self, url: &OutboundUrl) -> Result<TcpStream, ProviderError> {
+        let unreachable = |message: String| ProviderError::new(FailureKind::Unreachable, message);
+        let loopback_only = self.settings.loopback_only || !url.https;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await
+            .map_err(|e| unreachable(format!("cannot resolve {}: {e}", url.host)))?
+            .filter(|addr| !loopback_only || addr.ip().is_loopback())
+            .collect();
+        if addrs.is_empty() {
+            return Err(ProviderError::misconfigured(format!(
+                "{} resolves to no loopback address, and this server may contact loopback addresses only",
+                url.host
+            )));
+        }
+        let mut last = String::new();
+        for addr in addrs {
+            match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
+                .await
+            {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => last = format!("connecting to {addr} failed: {e}"),
+                Err(_) => {
+                    last = format!(
+                        "connecting to {addr} took longer than {} ms",
+                        self.settings.connect_timeout.as_millis()
+                    )
+                }
+            }
+        }
+        Err(unreachable(last))
+    }
+}
+
+/// Sends `request` on a new HTTP/1.1 connection and reads the answer.
+///
+/// The connection is driven inside this future, so dropping it (as the
+/// timeout does) closes the connection and leaves no task behind.
+async fn exchange<I>(
+    io: I,
+    request: http::Request<Full<Bytes>>,
+    authority: &str,
+) -> Result<Response, ProviderError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let failed =
+        |e: String| ProviderError::new(FailureKind::Unreachable, format!("{authority}: {e}"));
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let response = async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ProviderError::invalid_response(format!(
+                        "{authority} sent a response body larger than {MAX_RESPONSE_BYTES} bytes"
+                    ))
+                } else {
+                    failed(format!("reading the response body failed: {e}"))
+                }
+            })?;
+        Ok(Response {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.to_bytes(),
+        })
+    };
+    let mut response = pin!(response);
+    let mut connection = pin!(connection);
+    tokio::select! {
+        biased;
+        result = &mut response => result,
+        ended = &mut connection => match ended {
+            // A connection that ended cleanly may still have delivered the whole response.
+            Ok(()) => response.await,
+            Err(e) => Err(failed(e.to_string())),
+        },
+    }
+}
+
+/// Maps a 5xx or 429 answer to the common failure, with `Retry-After`.
+/// Other statuses are the provider module's to interpret.
+pub fn transient_failure(response: &Response, what: &str, detail: &str) -> Option<ProviderError> {
+    let status = response.status;
+    let kind = if status == StatusCode::TOO_MANY_REQUESTS {
+        FailureKind::Throttled
+    } else if status.is_server_error() {
+        FailureKind::ProviderError
+    } else {
+        return None;
+    };
+    Some(
+        ProviderError::new(
+            kind,
+            format!("{what} answered HTTP {}: {detail}", status.as_u16()),
+        )
+        .with_retry_after(response.retry_after()),
+    )
+}
+
+/// Percent-encodes one path segment or query value (everything but RFC 3986
+/// unreserved characters).
+pub fn encode_component(text: &str) -> String {
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, RESERVED).to_string()
+}
+
+/// Longest provider error text quoted in a message, in bytes.
+pub const MAX_DETAIL_BYTES: usize = 400;
+
+/// Reads an OAuth token answer `{"access_token", "expires_in"}`.
+/// `expires_in` may be a number or, as Entra's v1 endpoint sends it, a string.
+pub fn parse_token_response(
+    response: &Response,
+    what: &str,
+) -> Result<(Zeroizing<String>, Duration), ProviderError> {
+    let mut body = response.json(what)?;
+    let lifetime = match &body["expires_in"] {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        ProviderError::invalid_response(format!(
+            "{what} returned no valid `expires_in` number of seconds"
+        ))
+    })?;
+    match body.get_mut("access_token").map(Value::take) {
+        Some(Value::String(token)) if !token.is_empty() => {
+            Ok((Zeroizing::new(token), Duration::from_secs(lifetime)))
+        }
+        _ => Err(ProviderError::invalid_response(format!(
+            "{what} returned no `access_token`"
+        ))),
+    }
+}
+
+/// Returns `text` cut to at most `max` bytes on a character boundary.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}

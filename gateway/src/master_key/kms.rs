@@ -442,7 +442,7 @@ impl KmsClient {
 
 /// Returns the AWS error code and message of an error response: the
 /// `__type` member without its namespace, and `message` or `Message`.
-fn error_details(status: StatusCode, body: &[u8]) -> (String, String) {
+pub(crate) fn error_details(status: StatusCode, body: &[u8]) -> (String, String) {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let member = |names: &[&str]| {
         parsed.as_ref().and_then(|value| {

@@ -1,8 +1,8 @@
-//! AWS Signature Version 4 for the JSON requests keygate sends to KMS,
-//! computed with ring's HMAC-SHA256 and SHA-256.
+//! AWS Signature Version 4 for the POST requests keygate sends to KMS,
+//! Secrets Manager and STS, computed with ring's HMAC-SHA256 and SHA-256.
 //!
 //! Only what those requests need is implemented: a path that is already in
-//! canonical form (KMS uses `/`), no query string, and a body hashed in full.
+//! canonical form (all three use `/`), no query string, and a body hashed in full.
 
 use std::fmt;
 
@@ -192,6 +192,12 @@ pub fn authorization(
         credentials.access_key_id,
         hex(signature.as_ref())
     )
+}
+
+/// Returns the secret access key, for handing temporary credentials from STS
+/// to a cache that keeps them zeroized.
+pub fn secret_access_key(credentials: &Credentials) -> &str {
+    credentials.secret_access_key.as_str()
 }
 
 /// Returns the session token to send as `x-amz-security-token`, if any.

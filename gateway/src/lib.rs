@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod devinit;
 pub mod directory;
+pub mod external;
 pub mod http;
 pub mod jwks_client;
 mod listener;

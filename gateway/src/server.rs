@@ -20,6 +20,7 @@ use crate::audit::Audit;
 use crate::backups::Backups;
 use crate::config::Config;
 use crate::directory::AgentDirectory;
+use crate::external::resolver::ExternalSecrets;
 use crate::http::ListenerKind;
 use crate::listener;
 use crate::metrics::Metrics;
@@ -59,6 +60,8 @@ pub enum StartError {
     Audit(#[from] keygate_vault::audit::AuditError),
     #[error("cannot start the span exporter: {0}")]
     Telemetry(#[from] crate::telemetry::TelemetryError),
+    #[error("cannot set up calls to external secret managers: {0}")]
+    External(TlsError),
 }
 
 /// A running server.
@@ -149,6 +152,8 @@ impl Server {
         let verifier = CachedVerifier::new(verifier, auth.verified_token_cache_size);
         let metrics = Metrics::new();
         let telemetry = Telemetry::start(&config.telemetry, &metrics, &instance_id(api_addr))?;
+        let external = ExternalSecrets::new(&config.external, &metrics, store.clone())
+            .map_err(StartError::External)?;
         let state: SharedState = Arc::new(AppState {
             signing,
             verifier,
@@ -167,6 +172,7 @@ impl Server {
             relay_stop: watch::channel(false).0,
             draining: std::sync::atomic::AtomicBool::new(false),
             telemetry,
+            external,
             metrics,
             login_limiter: RateLimiter::new(config.auth.token_requests_per_minute),
             reencrypt: ReencryptJob::default(),

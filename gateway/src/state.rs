@@ -8,6 +8,7 @@ use crate::audit::Audit;
 use crate::backups::Backups;
 use crate::config::Config;
 use crate::directory::AgentDirectory;
+use crate::external::resolver::ExternalSecrets;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::reencrypt::ReencryptJob;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub idempotency_locks: KeyLocks,
     /// Span export to an OTLP collector; does nothing when none is configured.
     pub telemetry: Telemetry,
+    /// Lookups at customers' secret managers, their cache and connections.
+    pub external: ExternalSecrets,
     pub metrics: Metrics,
     /// Logins per client id at the agent token endpoint.
     pub login_limiter: RateLimiter,

@@ -22,9 +22,12 @@ use tokio_rustls::TlsConnector;
 
 pub use keygate_gateway;
 
+pub mod azure_mock;
+pub mod gcp_mock;
 pub mod moto;
 pub mod process;
 pub mod serve_process;
+pub mod vault_mock;
 
 /// A server started for one test, with its own data folder.
 pub struct TestServer {
@@ -50,6 +53,7 @@ pub fn loopback_config(data_dir: &Path) -> Config {
     config.listen.api = any_port;
     config.listen.ops = any_port;
     config.gateway.shutdown_grace_ms = 2000;
+    config.external.loopback_only = true;
     config
 }
 

@@ -72,17 +72,24 @@ pub struct Moto {
 impl Moto {
     /// Starts moto over plain http on a free loopback port.
     pub fn start() -> Moto {
-        Moto::spawn(None)
+        Moto::spawn(None, &[])
     }
 
     /// Starts moto over https with a PEM certificate chain and key, such as
     /// the development server certificate of a data folder (for `localhost`).
     pub fn start_tls(cert: &Path, key: &Path) -> Moto {
-        Moto::spawn(Some((cert, key)))
+        Moto::spawn(Some((cert, key)), &[])
     }
 
-    fn spawn(tls: Option<(&Path, &Path)>) -> Moto {
+    /// Starts moto over plain http with extra environment variables, such as
+    /// `INITIAL_NO_AUTH_ACTION_COUNT`, after which moto checks IAM permissions.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Moto {
+        Moto::spawn(None, env)
+    }
+
+    fn spawn(tls: Option<(&Path, &Path)>, env: &[(&str, &str)]) -> Moto {
         let mut command = Command::new(moto_server_path());
+        command.envs(env.iter().copied());
         command.args(["-H", "127.0.0.1", "-p", "0"]);
         if let Some((cert, key)) = tls {
             command.arg("-c").arg(cert).arg("-k").arg(key);
@@ -186,6 +193,8 @@ impl Drop for Moto {
 pub struct Relay {
     pub addr: SocketAddr,
     open: Arc<AtomicBool>,
+    /// Connections passed on to the target so far.
+    relayed: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -197,12 +206,15 @@ impl Relay {
         let addr = listener.local_addr().expect("relay address");
         let open = Arc::new(AtomicBool::new(true));
         let accept_open = open.clone();
+        let relayed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = relayed.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !accept_open.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
+                count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -210,11 +222,21 @@ impl Relay {
                 });
             }
         });
-        Relay { addr, open, task }
+        Relay {
+            addr,
+            open,
+            relayed,
+            task,
+        }
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Connections passed on so far; keygate's provider clients open one per request.
+    pub fn relayed(&self) -> usize {
+        self.relayed.load(Ordering::SeqCst)
     }
 
     /// Opens or closes the relay for new connections.

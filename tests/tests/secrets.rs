@@ -223,7 +223,7 @@ async fn listing_never_returns_values() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn external_definitions_stored_but_not_resolved_yet() {
+async fn external_definitions_are_stored_and_need_a_connection() {
     let server = TestServer::start().await;
     let api = server.api();
     let admin = &server.admin_token;
@@ -256,12 +256,13 @@ async fn external_definitions_stored_but_not_resolved_yet() {
             None,
         )
         .await;
-    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
+    // Without a connection nothing is contacted; the error says what to set.
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["type"], "urn:keygate:problem:connection-misconfigured");
+    assert_eq!(body["provider"], "aws_secrets_manager");
+    let detail = body["detail"].as_str().unwrap();
     assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("aws_secrets_manager"),
+        detail.contains("aws_secrets_manager") && detail.contains("location.connection"),
         "{body}"
     );
 

@@ -2,6 +2,7 @@
 //! gateway, runs the tasks it receives and reconnects with backoff.
 
 mod connection;
+pub mod lookup;
 mod tasks;
 mod tls_rejection;
 

@@ -1,13 +1,16 @@
 //! `keygate agent`: runs the reference agent until SIGTERM or SIGINT.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use crate::agent::lookup::{LookupHandler, SecretLookup};
 use crate::agent::{AgentOptions, TaskHandlers};
+use crate::external::resolver::AGENT_TASK_KIND;
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -41,9 +44,26 @@ pub struct AgentArgs {
     /// Name of this agent instance; default: host name and process id.
     #[arg(long)]
     instance_id: Option<String>,
+    /// JSON file of the secret-manager connections this agent resolves
+    /// lookups with, by name; credentials are `{"file": "/absolute/path"}`.
+    #[arg(long, env = "KEYGATE_AGENT_CONNECTIONS")]
+    connections: Option<PathBuf>,
 }
 
 pub async fn run(args: AgentArgs) -> i32 {
+    let mut handlers = TaskHandlers::builtin();
+    if let Some(path) = &args.connections {
+        match SecretLookup::from_file(path) {
+            Ok(lookup) => {
+                tracing::info!(connections = ?lookup.names(), "secret lookups enabled");
+                handlers.register(AGENT_TASK_KIND, LookupHandler(Arc::new(lookup)));
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_USAGE;
+            }
+        }
+    }
     let options = match options(args) {
         Ok(options) => options,
         Err(e) => {
@@ -56,7 +76,7 @@ pub async fn run(args: AgentArgs) -> i32 {
         crate::server::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    match crate::agent::run(options, TaskHandlers::builtin(), stop_rx).await {
+    match crate::agent::run(options, handlers, stop_rx).await {
         Ok(()) => EXIT_OK,
         Err(e) => {
             eprintln!("error: {e}");

@@ -12,6 +12,9 @@ pub async fn dev(args: DevArgs) -> i32 {
         data_dir: args.data_dir,
         ..Config::default()
     };
+    // A development server reaches secret managers only on this machine, such
+    // as local emulators; the public endpoints stay out of reach.
+    config.external.loopback_only = true;
     if let Err(e) = apply_listen(&mut config, &args.listen) {
         eprintln!("error: {e}");
         return EXIT_USAGE;

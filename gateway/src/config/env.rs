@@ -62,6 +62,22 @@ pub const OPTION_PATHS: &[&str] = &[
     "telemetry.otlp_max_batch_spans",
     "telemetry.otlp_export_interval_ms",
     "telemetry.service_name",
+    "external.connect_timeout_ms",
+    "external.request_timeout_ms",
+    "external.max_concurrent_calls",
+    "external.max_attempts",
+    "external.retry_base_delay_ms",
+    "external.retry_max_delay_ms",
+    "external.max_retry_after_ms",
+    "external.breaker_failures",
+    "external.breaker_open_ms",
+    "external.cache_ttl_ms",
+    "external.cache_refresh_ahead_ms",
+    "external.cache_not_found_ttl_ms",
+    "external.cache_serve_stale_ms",
+    "external.cache_max_entries",
+    "external.ca_file",
+    "external.loopback_only",
 ];
 
 /// Returns the variable that sets the option at `path`.

@@ -1,9 +1,11 @@
 //! The server's configuration: a TOML file with defaults for every option, and its validation.
 
 pub mod env;
+mod external;
 mod master_key;
 mod telemetry;
 
+pub use external::ExternalConfig;
 pub use master_key::{AwsKmsConfig, MasterKeySourceKind, DEFAULT_MASTER_KEY_ENV};
 pub use telemetry::{OtlpHeaders, TelemetryConfig};
 
@@ -51,6 +53,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub http: HttpConfig,
     pub telemetry: TelemetryConfig,
+    /// Calls to customers' secret managers and the cache of their values.
+    pub external: ExternalConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -254,6 +258,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             http: HttpConfig::default(),
             telemetry: TelemetryConfig::default(),
+            external: ExternalConfig::default(),
         }
     }
 }
@@ -449,6 +454,7 @@ impl Config {
         problems.extend(master_key::problems(self));
         problems.extend(check_backup_dir(self).err());
         problems.extend(telemetry::problems(self));
+        problems.extend(external::problems(self));
         if self
             .vault
             .audit_file

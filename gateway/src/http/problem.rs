@@ -111,7 +111,8 @@ impl ApiError {
         .with_header(http::header::ALLOW, &allow)
     }
 
-    pub fn into_response(self) -> Response {
+    /// The problem document, as the response body carries it.
+    pub fn to_problem(&self) -> serde_json::Value {
         let title = self.status.canonical_reason().unwrap_or("Error");
         let mut doc = json!({
             "type": format!("urn:keygate:problem:{}", self.problem),
@@ -119,9 +120,14 @@ impl ApiError {
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
-        if let (Some(extra), Some(map)) = (self.extra, doc.as_object_mut()) {
-            map.extend(extra);
+        if let (Some(extra), Some(map)) = (&self.extra, doc.as_object_mut()) {
+            map.extend(extra.clone());
         }
+        doc
+    }
+
+    pub fn into_response(self) -> Response {
+        let doc = self.to_problem();
         let mut response = http::Response::new(full_body(doc.to_string()));
         *response.status_mut() = self.status;
         response.headers_mut().insert(
@@ -189,5 +195,50 @@ impl From<crate::vault_slot::Sealed> for ApiError {
             "vault-sealed",
             sealed.to_string(),
         )
+    }
+}
+
+impl ApiError {
+    /// The error of a failed lookup of `definition` at an external
+    /// `provider`. Failures to reach the secret manager or to be let in start
+    /// with [`crate::external::CANNOT_ACCESS`]; the problem document also
+    /// carries the provider and the reason.
+    pub fn from_provider(
+        provider: &str,
+        definition: &str,
+        error: &crate::external::ProviderError,
+    ) -> ApiError {
+        use crate::external::FailureKind::*;
+        let (status, problem) = match error.kind {
+            NotFound => (StatusCode::NOT_FOUND, "external-secret-not-found"),
+            Disabled => (StatusCode::CONFLICT, "external-secret-disabled"),
+            Misconfigured => (StatusCode::UNPROCESSABLE_ENTITY, "connection-misconfigured"),
+            InvalidResponse => (StatusCode::BAD_GATEWAY, "secret-manager-invalid-response"),
+            AccessDenied => (StatusCode::BAD_GATEWAY, "secret-manager-access-denied"),
+            TimedOut => (StatusCode::GATEWAY_TIMEOUT, "secret-manager-unreachable"),
+            Unreachable | ProviderError => (StatusCode::BAD_GATEWAY, "secret-manager-unreachable"),
+            Throttled => (StatusCode::SERVICE_UNAVAILABLE, "secret-manager-throttled"),
+            CircuitOpen => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "secret-manager-unavailable",
+            ),
+        };
+        let cause = format!(
+            "{provider} for definition {definition:?}: {}",
+            error.message
+        );
+        let detail = if error.kind.is_access_failure() {
+            format!("{}: {cause}", crate::external::CANNOT_ACCESS)
+        } else {
+            cause
+        };
+        let mut api = ApiError::new(status, problem, detail)
+            .with_member("provider", json!(provider))
+            .with_member("reason", json!(error.kind.label()));
+        if let Some(wait) = error.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            api = api.with_header(http::header::RETRY_AFTER, &secs.max(1).to_string());
+        }
+        api
     }
 }

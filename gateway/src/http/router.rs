@@ -123,6 +123,23 @@ pub enum Route {
         project: String,
         name: String,
     },
+    ResolveDefinitions {
+        project: String,
+    },
+    InvalidateDefinitionCache {
+        project: String,
+        name: String,
+    },
+    ListConnections,
+    PutConnection {
+        name: String,
+    },
+    GetConnection {
+        name: String,
+    },
+    DeleteConnection {
+        name: String,
+    },
     ResolveDefinition {
         project: String,
         name: String,
@@ -175,6 +192,14 @@ impl Route {
             Route::PutDefinition { .. } | Route::GetDefinition { .. } => {
                 "/v1/projects/{project}/secret-definitions/{name}"
             }
+            Route::ResolveDefinitions { .. } => "/v1/projects/{project}/resolve",
+            Route::InvalidateDefinitionCache { .. } => {
+                "/v1/projects/{project}/secret-definitions/{name}/cache"
+            }
+            Route::ListConnections => "/v1/connections",
+            Route::PutConnection { .. }
+            | Route::GetConnection { .. }
+            | Route::DeleteConnection { .. } => "/v1/connections/{name}",
             Route::ResolveDefinition { .. } => {
                 "/v1/projects/{project}/secret-definitions/{name}/value"
             }
@@ -389,6 +414,27 @@ fn candidates(listener: ListenerKind, segs: &[&str]) -> Vec<(Method, Route)> {
                 },
             )]
         }
+        (Api, ["v1", "projects", project, "secret-definitions", name, "cache"]) => {
+            vec![(
+                Method::DELETE,
+                Route::InvalidateDefinitionCache {
+                    project: s(project),
+                    name: s(name),
+                },
+            )]
+        }
+        (Api, ["v1", "projects", project, "resolve"]) => vec![(
+            Method::POST,
+            Route::ResolveDefinitions {
+                project: s(project),
+            },
+        )],
+        (Api, ["v1", "connections"]) => vec![(Method::GET, Route::ListConnections)],
+        (Api, ["v1", "connections", name]) if !name.is_empty() => vec![
+            (Method::PUT, Route::PutConnection { name: s(name) }),
+            (Method::GET, Route::GetConnection { name: s(name) }),
+            (Method::DELETE, Route::DeleteConnection { name: s(name) }),
+        ],
         (Api, ["v1", "admin", "signing-keys"]) => vec![(Method::GET, Route::ListSigningKeys)],
         (Api, ["v1", "admin", "audit", "hash"]) => vec![(Method::POST, Route::HashAuditValue)],
         (Api, ["v1", "admin", "signing-keys", "rotate"]) => {

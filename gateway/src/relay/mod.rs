@@ -111,6 +111,49 @@ pub fn spawn_task(
     tokio::spawn(run_task(state.clone(), spec, controls).instrument(span));
 }
 
+/// Sends a task that is neither stored nor listed, and returns the agent's
+/// JSON result or the failed status with its message. Secret lookups through
+/// an agent go this way, because their results hold secret values; they are
+/// lost if the gateway stops, and the caller retries.
+pub async fn run_unlisted(
+    state: &SharedState,
+    agent_id: &str,
+    paused: bool,
+    kind: &str,
+    payload: Bytes,
+    timeout: Duration,
+) -> Result<serde_json::Value, (TaskStatus, String)> {
+    let trace = TraceContext::new_root(false);
+    let spec = TaskSpec {
+        task_id: format!("lkp_{}", crate::directory::random_hex(12)),
+        agent_id: agent_id.to_owned(),
+        kind: kind.to_owned(),
+        payload,
+        timeout,
+        queue_timeout: None,
+        trace,
+        parent_span_id: None,
+        attempts: 0,
+    };
+    // Nothing cancels an unlisted task; the sender only has to outlive it.
+    let (_cancel, cancelled) = watch::channel(false);
+    let mut controls = TaskControls {
+        gate: state.gates.gate(agent_id, paused),
+        cancelled,
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let outcome = relay(state, &spec, &mut controls, deadline).await;
+    match (outcome.status, outcome.result) {
+        (TaskStatus::Succeeded, Some(result)) => Ok(result),
+        (status, _) => Err((
+            status,
+            outcome
+                .error
+                .unwrap_or_else(|| format!("the task ended {}", status.as_str())),
+        )),
+    }
+}
+
 /// Returns what is left of the task's queue timeout, for a task never sent.
 fn queue_time_left(view: &TaskView) -> Option<Duration> {
     let limit = view.queue_timeout_ms.filter(|_| view.attempts == 0)?;

@@ -3,6 +3,7 @@
 mod agents;
 mod audit;
 mod backups;
+mod connections;
 mod hosted;
 mod keys;
 mod ops;
@@ -87,6 +88,16 @@ pub async fn dispatch(
         Route::ResolveDefinition { project, name } => {
             secrets::resolve(state, conn, req, &project, &name).await
         }
+        Route::ResolveDefinitions { project } => {
+            secrets::resolve_batch(state, conn, req, &project).await
+        }
+        Route::InvalidateDefinitionCache { project, name } => {
+            secrets::invalidate_cache(state, conn, req, &project, &name).await
+        }
+        Route::ListConnections => connections::list(state, conn, req).await,
+        Route::PutConnection { name } => connections::put(state, conn, req, &name).await,
+        Route::GetConnection { name } => connections::get(state, conn, req, &name).await,
+        Route::DeleteConnection { name } => connections::delete(state, conn, req, &name).await,
         Route::ListSigningKeys => keys::list(state, conn, req).await,
         Route::RotateSigningKey => keys::rotate(state, conn, req).await,
         Route::HashAuditValue => audit::hash(state, conn, req).await,

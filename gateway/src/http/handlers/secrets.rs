@@ -10,6 +10,7 @@ use tracing::{debug, info};
 
 use super::{blocking, page, point_read};
 use crate::audit::{self, AuditContext, AuditOp, AuditedChange};
+use crate::external;
 use crate::http::body::{json_response, read_json, Response};
 use crate::http::problem::ApiError;
 use crate::http::{authenticate, require_scope, ConnInfo};
@@ -127,6 +128,11 @@ pub async fn put_definition(
         Err(error) => Err(error),
     };
     let definition = change.finish(result, None).await?;
+    // A changed location must not be answered from values read at the old one.
+    state
+        .external
+        .cache
+        .invalidate(&project_ref.account, &project_ref.project, name);
     info!(
         account = %project_ref.account, project = %project_ref.project, definition = %name,
         provider, actor = %principal.subject, "secret definition stored"
@@ -258,7 +264,9 @@ pub async fn resolve(
 }
 
 /// Resolves a definition into the response body, and returns the version of
-/// the hosted secret it read.
+/// the hosted secret it read. An external definition is read from its
+/// provider or the lookup cache; its body names the provider and the
+/// provider's version id instead.
 async fn resolve_to_json(
     state: &SharedState,
     project: &ProjectRef,
@@ -266,6 +274,27 @@ async fn resolve_to_json(
 ) -> Result<(serde_json::Value, Option<u32>), ApiError> {
     let vault = state.vault.get()?;
     let (p, n) = (project.clone(), name.to_owned());
+    let definition = point_read(|| vault.get_definition(&p, &n))?;
+    if !matches!(definition.location, SecretLocation::Hosted { .. }) {
+        let provider = definition.location.provider();
+        let value = external::resolver::resolve(state, project, &definition)
+            .await
+            .map_err(|error| {
+                info!(
+                    account = %project.account, project = %project.project, definition = %name,
+                    provider, reason = error.kind.label(), error = %error,
+                    "external secret lookup failed"
+                );
+                ApiError::from_provider(provider, name, &error)
+            })?;
+        let body = json!({
+            "name": definition.name,
+            "value": value.value.as_str(),
+            "provider": provider,
+            "provider_version": value.version,
+        });
+        return Ok((body, None));
+    }
     let resolved: Resolved = point_read(move || vault.resolve(&p, &n))?;
     let Some(text) = resolved.value.as_str() else {
         return Err(ApiError::internal(format!(
@@ -280,14 +309,129 @@ async fn resolve_to_json(
     Ok((body, resolved.source_version))
 }
 
+/// Most names one batch resolution takes.
+pub const MAX_BATCH_NAMES: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBatch {
+    names: Vec<String>,
+}
+
+/// Resolves several definitions in one call. Each name gets its own result
+/// or error, and its own audit record; the answer is 200 whenever the request
+/// itself is valid.
+pub async fn resolve_batch(
+    state: &SharedState,
+    conn: &ConnInfo,
+    req: http::Request<Incoming>,
+    project: &str,
+) -> Result<Response, ApiError> {
+    let operation = AuditOp::Resolve;
+    let (principal, project_ref) = project_for(
+        state,
+        conn,
+        &req,
+        project,
+        Scope::SecretsRead,
+        operation,
+        "",
+    )
+    .await?;
+    let ctx = AuditContext::new(&req, &principal, project);
+    let body: ResolveBatch = read_json(req.into_body(), state.config.http.max_body_bytes).await?;
+    if body.names.is_empty() || body.names.len() > MAX_BATCH_NAMES {
+        return Err(ApiError::bad_request(
+            "invalid-input",
+            format!(
+                "names has {} entries; send 1 to {MAX_BATCH_NAMES} definition names",
+                body.names.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(duplicate) = body.names.iter().find(|name| !seen.insert(name.as_str())) {
+        return Err(ApiError::bad_request(
+            "invalid-input",
+            format!("names lists {duplicate:?} more than once; list each name once"),
+        ));
+    }
+    // Each lookup runs in its own task, so one slow provider does not hold
+    // up the others; the answers keep the order of the names.
+    let ctx = std::sync::Arc::new(ctx);
+    let lookups: Vec<_> = body
+        .names
+        .into_iter()
+        .map(|name| {
+            let (state, ctx, project_ref) = (state.clone(), ctx.clone(), project_ref.clone());
+            tokio::spawn(async move {
+                let result = resolve_to_json(&state, &project_ref, &name).await;
+                let version = result.as_ref().ok().and_then(|(_, version)| *version);
+                let result =
+                    audit::record_result(&state, &ctx, &name, version, operation, result).await;
+                let label = match &result {
+                    Ok(_) => "success",
+                    Err(error) => resolution_label(error),
+                };
+                state
+                    .metrics
+                    .secret_resolutions
+                    .with_label_values(&[label])
+                    .inc();
+                match result {
+                    Ok((body, _)) => body,
+                    Err(error) => json!({ "name": name, "error": error.to_problem() }),
+                }
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(lookups.len());
+    for lookup in lookups {
+        results.push(
+            lookup
+                .await
+                .map_err(|e| ApiError::internal(format!("a lookup task failed: {e}")))?,
+        );
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "results": results }),
+    ))
+}
+
+/// Drops the cached values of one definition, so the next resolution asks
+/// the provider again.
+pub async fn invalidate_cache(
+    state: &SharedState,
+    conn: &ConnInfo,
+    req: http::Request<Incoming>,
+    project: &str,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(state, conn, req.headers()).await?;
+    let project_ref = check_access(&principal, project, Scope::SecretsAdmin)?;
+    let dropped = state
+        .external
+        .cache
+        .invalidate(&project_ref.account, &project_ref.project, name);
+    info!(
+        account = %project_ref.account, project = %project_ref.project, definition = %name,
+        entries = dropped, actor = %principal.subject, "external lookup cache invalidated"
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "name": name, "dropped_entries": dropped }),
+    ))
+}
+
 /// Returns the `outcome` label of `keygate_vault_resolutions_total` for a failed resolution.
 fn resolution_label(error: &ApiError) -> &'static str {
     match error.status {
         StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::FORBIDDEN => "forbidden",
         StatusCode::NOT_FOUND | StatusCode::GONE => "not_found",
-        StatusCode::NOT_IMPLEMENTED => "not_supported",
         StatusCode::CONFLICT => "conflict",
+        _ if error.problem.starts_with("secret-manager-") => "upstream_error",
         StatusCode::SERVICE_UNAVAILABLE if error.problem == "vault-sealed" => "sealed",
         StatusCode::SERVICE_UNAVAILABLE if error.problem == "audit-unavailable" => {
             "audit_unavailable"

@@ -100,6 +100,8 @@ impl SecretLocation {
     ///   localhost or `[::1]`.
     /// - GCP: `version` must be `"latest"` or a positive integer.
     /// - HashiCorp Vault: `version` must be at least 1.
+    /// - every external provider: `connection` must be 1 to 128 ASCII
+    ///   letters, digits, `-`, `_` or `.`, the rule of connection names.
     ///
     /// The error names the field and its value.
     pub fn validate(&self) -> Result<(), VaultError> {
@@ -133,7 +135,7 @@ impl SecretLocation {
                     ));
                 }
                 check_optional("json_key", json_key)?;
-                check_optional("connection", connection)
+                check_connection(connection)
             }
             SecretLocation::AzureKeyVault {
                 vault_url,
@@ -147,7 +149,7 @@ impl SecretLocation {
                 check_required("name", name)?;
                 check_optional("version", version)?;
                 check_optional("json_key", json_key)?;
-                check_optional("connection", connection)
+                check_connection(connection)
             }
             SecretLocation::GcpSecretManager {
                 project,
@@ -163,7 +165,7 @@ impl SecretLocation {
                     check_gcp_version(version)?;
                 }
                 check_optional("json_key", json_key)?;
-                check_optional("connection", connection)
+                check_connection(connection)
             }
             SecretLocation::HashicorpVault {
                 mount,
@@ -178,7 +180,7 @@ impl SecretLocation {
                 if *version == Some(0) {
                     return Err(invalid("version", "0", "must be at least 1"));
                 }
-                check_optional("connection", connection)
+                check_connection(connection)
             }
         }
     }
@@ -218,6 +220,30 @@ fn check_optional(field: &'static str, value: &Option<String>) -> Result<(), Vau
         )),
         Some(value) => check_required(field, value),
         None => Ok(()),
+    }
+}
+
+/// Longest connection name, in bytes.
+const MAX_CONNECTION_NAME_BYTES: usize = 128;
+
+/// Checks a `connection` field: 1 to 128 ASCII letters, digits, `-`, `_` or `.`.
+fn check_connection(connection: &Option<String>) -> Result<(), VaultError> {
+    let Some(name) = connection else {
+        return Ok(());
+    };
+    let valid = !name.is_empty()
+        && name.len() <= MAX_CONNECTION_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            "connection",
+            name,
+            "must be 1 to 128 ASCII letters, digits, '-', '_' or '.', the name of one of the account's connections",
+        ))
     }
 }
 

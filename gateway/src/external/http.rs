@@ -188,14 +188,18 @@ impl HttpClient {
     async fn connect(&self, url: &OutboundUrl) -> Result<TcpStream, ProviderError> {
         let unreachable = |message: String| ProviderError::new(FailureKind::Unreachable, message);
         let loopback_only = self.settings.loopback_only || !url.https;
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((url.host.as_str(), url.port))
-            .await
-            .map_err(|e| unreachable(format!("cannot resolve {}: {e}", url.host)))?
-            .filter(|addr| !loopback_only || addr.ip().is_loopback())
-            .collect();
+        let addrs: Vec<SocketAddr> = if loopback_only {
+            // No name lookup at all: it would leave the machine.
+            loopback_addrs(&url.host, url.port)
+        } else {
+            tokio::net::lookup_host((url.host.as_str(), url.port))
+                .await
+                .map_err(|e| unreachable(format!("cannot resolve {}: {e}", url.host)))?
+                .collect()
+        };
         if addrs.is_empty() {
             return Err(ProviderError::misconfigured(format!(
-                "{} resolves to no loopback address, and this server may contact loopback addresses only",
+                "{} is not a loopback address, and this server may contact loopback addresses only (external.loopback_only, or plain http)",
                 url.host
             )));
         }
@@ -218,6 +222,21 @@ impl HttpClient {
             }
         }
         Err(unreachable(last))
+    }
+}
+
+/// The loopback addresses `host` names without a name lookup: a loopback
+/// IP literal, or 127.0.0.1 and ::1 for `localhost`. Anything else names none.
+fn loopback_addrs(host: &str, port: u16) -> Vec<SocketAddr> {
+    if host.eq_ignore_ascii_case("localhost") {
+        return vec![
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        ];
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_loopback() => vec![SocketAddr::new(ip, port)],
+        _ => Vec::new(),
     }
 }
 

@@ -26,6 +26,8 @@ pub enum ConnectionStoreError {
 #[derive(Clone)]
 pub struct ConnectionStore {
     store: Arc<dyn KvStore>,
+    /// Serializes changes, so two creations of one name cannot both report it new.
+    writes: Arc<std::sync::Mutex<()>>,
 }
 
 fn key(account: &str, name: &str) -> Vec<u8> {
@@ -34,7 +36,10 @@ fn key(account: &str, name: &str) -> Vec<u8> {
 
 impl ConnectionStore {
     pub fn new(store: Arc<dyn KvStore>) -> ConnectionStore {
-        ConnectionStore { store }
+        ConnectionStore {
+            store,
+            writes: Arc::default(),
+        }
     }
 
     /// Creates or replaces a connection; replacing keeps `created_at_ms`.
@@ -45,6 +50,7 @@ impl ConnectionStore {
         name: &str,
         spec: ConnectionSpec<HostedCredential>,
     ) -> Result<(StoredConnection, bool), ConnectionStoreError> {
+        let _writing = self.writes.lock().expect("connection store lock");
         let previous = self.get(account, name)?;
         let now = crate::now_ms();
         let created = previous.is_none();
@@ -98,6 +104,7 @@ impl ConnectionStore {
 
     /// Deletes a connection; returns whether it existed.
     pub fn delete(&self, account: &str, name: &str) -> Result<bool, ConnectionStoreError> {
+        let _writing = self.writes.lock().expect("connection store lock");
         if self.get(account, name)?.is_none() {
             return Ok(false);
         }

@@ -236,8 +236,11 @@ impl ApiError {
             .with_member("provider", json!(provider))
             .with_member("reason", json!(error.kind.label()));
         if let Some(wait) = error.retry_after {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            api = api.with_header(http::header::RETRY_AFTER, &secs.max(1).to_string());
+            let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+            // The member keeps the wait in a batch answer, which has no header per name.
+            api = api
+                .with_header(http::header::RETRY_AFTER, &secs.to_string())
+                .with_member("retry_after_secs", json!(secs));
         }
         api
     }

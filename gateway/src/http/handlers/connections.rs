@@ -9,6 +9,7 @@ use tracing::info;
 
 use super::{page, point_read};
 use crate::external::connection::{check_hosted, validate_connection_name, ConnectionSpec};
+use crate::external::store::ConnectionStoreError;
 use crate::external::HostedCredential;
 use crate::http::body::{json_response, read_json, Response};
 use crate::http::problem::ApiError;
@@ -43,10 +44,17 @@ fn check_name(name: &str) -> Result<(), ApiError> {
         .map_err(|e| ApiError::bad_request("invalid-input", e.to_string()))
 }
 
-fn store_error(error: impl std::fmt::Display) -> ApiError {
+/// 507 or 503 for a full or read-only disk, 500 otherwise.
+fn store_error(error: ConnectionStoreError) -> ApiError {
+    if let ConnectionStoreError::Store(store) = &error {
+        if let Some(api) = ApiError::from_storage_condition(store) {
+            return api;
+        }
+    }
     ApiError::internal(format!("the connection store failed: {error}"))
 }
 
+// TODO: write audit records of connection changes; they are logged only.
 pub async fn put(
     state: &SharedState,
     conn: &ConnInfo,

@@ -3,7 +3,7 @@
 use http::StatusCode;
 use hyper::body::Incoming;
 use keygate_auth::{Principal, Scope};
-use keygate_vault::{ProjectRef, Resolved, SecretLocation};
+use keygate_vault::{ProjectRef, SecretDefinition, SecretLocation, VaultError};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, info};
@@ -273,29 +273,20 @@ async fn resolve_to_json(
     name: &str,
 ) -> Result<(serde_json::Value, Option<u32>), ApiError> {
     let vault = state.vault.get()?;
-    let (p, n) = (project.clone(), name.to_owned());
-    let definition = point_read(|| vault.get_definition(&p, &n))?;
-    if !matches!(definition.location, SecretLocation::Hosted { .. }) {
-        let provider = definition.location.provider();
-        let value = external::resolver::resolve(state, project, &definition)
-            .await
-            .map_err(|error| {
-                info!(
-                    account = %project.account, project = %project.project, definition = %name,
-                    provider, reason = error.kind.label(), error = %error,
-                    "external secret lookup failed"
-                );
-                ApiError::from_provider(provider, name, &error)
-            })?;
-        let body = json!({
-            "name": definition.name,
-            "value": value.value.as_str(),
-            "provider": provider,
-            "provider_version": value.version,
-        });
-        return Ok((body, None));
-    }
-    let resolved: Resolved = point_read(move || vault.resolve(&p, &n))?;
+    // The vault resolves hosted definitions and refuses external ones, which
+    // are then read again and resolved here, so a definition replaced in
+    // between is still resolved by its current location.
+    let resolved = match point_read(|| vault.resolve(project, name)) {
+        Err(VaultError::ProviderNotSupported { .. }) => {
+            let definition = point_read(|| vault.get_definition(project, name))?;
+            if matches!(definition.location, SecretLocation::Hosted { .. }) {
+                point_read(|| vault.resolve(project, name))?
+            } else {
+                return resolve_external(state, project, &definition).await;
+            }
+        }
+        other => other?,
+    };
     let Some(text) = resolved.value.as_str() else {
         return Err(ApiError::internal(format!(
             "the value of definition {name:?} is not UTF-8 text"
@@ -307,6 +298,33 @@ async fn resolve_to_json(
         "source_version": resolved.source_version,
     });
     Ok((body, resolved.source_version))
+}
+
+/// Resolves an external definition from its provider or the lookup cache.
+async fn resolve_external(
+    state: &SharedState,
+    project: &ProjectRef,
+    definition: &SecretDefinition,
+) -> Result<(serde_json::Value, Option<u32>), ApiError> {
+    let provider = definition.location.provider();
+    let name = definition.name.as_str();
+    let value = external::resolver::resolve(state, project, definition)
+        .await
+        .map_err(|error| {
+            info!(
+                account = %project.account, project = %project.project, definition = %name,
+                provider, reason = error.kind.label(), error = %error,
+                "external secret lookup failed"
+            );
+            ApiError::from_provider(provider, name, &error)
+        })?;
+    let body = json!({
+        "name": name,
+        "value": value.value.as_str(),
+        "provider": provider,
+        "provider_version": value.version,
+    });
+    Ok((body, None))
 }
 
 /// Most names one batch resolution takes.
@@ -410,6 +428,7 @@ pub async fn invalidate_cache(
 ) -> Result<Response, ApiError> {
     let principal = authenticate(state, conn, req.headers()).await?;
     let project_ref = check_access(&principal, project, Scope::SecretsAdmin)?;
+    keygate_vault::validate_secret_name(name)?;
     let dropped = state
         .external
         .cache

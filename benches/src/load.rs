@@ -8,6 +8,9 @@ use http_body_util::{BodyExt, Full};
 
 use crate::client::Sender;
 
+/// A request every worker repeats. A `{worker}` in the path becomes the
+/// worker's index, so each worker can ask for its own resource.
+#[derive(Clone)]
 pub struct RequestTemplate {
     pub method: Method,
     pub path: String,
@@ -61,7 +64,13 @@ pub async fn run(
     let mut workers = Vec::with_capacity(concurrency);
     for i in 0..concurrency {
         let sender = senders[i % senders.len()].clone();
-        let request = request.clone();
+        let request = match request.path.contains("{worker}") {
+            true => std::sync::Arc::new(RequestTemplate {
+                path: request.path.replace("{worker}", &i.to_string()),
+                ..(*request).clone()
+            }),
+            false => request.clone(),
+        };
         workers.push(tokio::spawn(worker(sender, request, measure_from, stop_at)));
     }
     let mut report = Report {

@@ -8,11 +8,14 @@
 //! percentiles. `benches/run.sh` starts a server, an agent and nginx and runs
 //! them. `verify` measures token verification alone, in this process, and
 //! `sessions` keeps idle agent sessions open to measure the gateway's memory per
-//! session and a reconnect storm (`benches/sessions.sh`).
+//! session and a reconnect storm (`benches/sessions.sh`). `kv-server` is the
+//! upstream secret manager of the external-resolution benchmark
+//! (`benches/external.sh`).
 
 #![forbid(unsafe_code)]
 
 mod client;
+mod kv_server;
 mod load;
 mod sessions;
 mod verify;
@@ -47,6 +50,21 @@ enum Command {
     Verify(VerifyArgs),
     /// Hold idle agent sessions, report the gateway's memory per session, and optionally a reconnect storm.
     Sessions(SessionsArgs),
+    /// Serve a fixed HashiCorp Vault KV v2 secret on loopback for a bounded time.
+    KvServer(KvServerArgs),
+}
+
+#[derive(Args)]
+struct KvServerArgs {
+    /// Loopback `host:port` to listen on.
+    #[arg(long)]
+    addr: std::net::SocketAddr,
+    /// The `X-Vault-Token` every read must carry.
+    #[arg(long)]
+    token: String,
+    /// How long to serve, in seconds (at most 3600).
+    #[arg(long, default_value_t = 600)]
+    duration_secs: u64,
 }
 
 #[derive(Args)]
@@ -132,7 +150,8 @@ struct SecretArgs {
     target: Target,
     #[arg(long, default_value = "bench")]
     project: String,
-    /// Name of the secret definition to resolve.
+    /// Name of the secret definition to resolve; `{worker}` in it becomes
+    /// each worker's index (0, 1, ...), so workers can resolve different definitions.
     #[arg(long, default_value = "bench-secret")]
     definition: String,
 }
@@ -250,6 +269,21 @@ async fn main() {
                         .await
                     }
                 }
+            }
+        }
+        Command::KvServer(args) => {
+            if args.duration_secs == 0 || args.duration_secs > 3600 {
+                Err(format!(
+                    "--duration-secs {} must be between 1 and 3600",
+                    args.duration_secs
+                ))
+            } else {
+                kv_server::run(
+                    args.addr,
+                    args.token,
+                    Duration::from_secs(args.duration_secs),
+                )
+                .await
             }
         }
         Command::Static(args) => {

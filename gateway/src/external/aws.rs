@@ -138,11 +138,7 @@ async fn credentials(
 ) -> Result<Credentials, ProviderError> {
     let base = match connection.credentials {
         Some(text) => parse_credentials(text)?,
-        None => Credentials::from_environment().map_err(|e| {
-            ProviderError::misconfigured(format!(
-                "the connection names no credentials and keygate's environment has none: {e}"
-            ))
-        })?,
+        None => default_chain(|name| std::env::var(name).ok())?,
     };
     let Some(role_arn) = connection.role_arn else {
         return Ok(base);
@@ -172,6 +168,85 @@ async fn credentials(
     ctx.tokens
         .put(key, text, Duration::from_secs(ROLE_SESSION_SECS));
     Ok(assumed)
+}
+
+/// Returns the credentials of the process: `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, or else the profile
+/// `AWS_PROFILE` (default `default`) of the shared credentials file
+/// (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`).
+/// `lookup` returns an environment variable's value.
+fn default_chain(lookup: impl Fn(&str) -> Option<String>) -> Result<Credentials, ProviderError> {
+    let from_env = match Credentials::from_lookup(&lookup) {
+        Ok(credentials) => return Ok(credentials),
+        Err(e) => e,
+    };
+    let path = match lookup("AWS_SHARED_CREDENTIALS_FILE").filter(|p| !p.is_empty()) {
+        Some(path) => std::path::PathBuf::from(path),
+        None => match lookup("HOME").filter(|h| !h.is_empty()) {
+            Some(home) => std::path::Path::new(&home).join(".aws/credentials"),
+            None => {
+                return Err(ProviderError::misconfigured(format!(
+                    "the connection names no credentials, and the environment has none: {from_env}"
+                )))
+            }
+        },
+    };
+    let profile = lookup("AWS_PROFILE")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "default".to_owned());
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => Zeroizing::new(text),
+        Err(e) => {
+            return Err(ProviderError::misconfigured(format!(
+                "the connection names no credentials, the environment has none ({from_env}), and the shared credentials file {} cannot be read: {e}",
+                path.display()
+            )))
+        }
+    };
+    profile_credentials(&text, &profile).ok_or_else(|| {
+        ProviderError::misconfigured(format!(
+            "the shared credentials file {} has no profile [{profile}] with aws_access_key_id and aws_secret_access_key",
+            path.display()
+        ))
+    })
+}
+
+/// Reads one profile of an AWS shared credentials file (INI: `[name]`
+/// sections of `key = value` lines, `#` and `;` comments).
+fn profile_credentials(text: &str, profile: &str) -> Option<Credentials> {
+    let mut in_profile = false;
+    let (mut key_id, mut secret, mut token) = (None, None, None);
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_profile = section.trim() == profile;
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if !in_profile {
+            continue;
+        }
+        let value = value.trim().to_owned();
+        match key.trim() {
+            "aws_access_key_id" => key_id = Some(value),
+            "aws_secret_access_key" => secret = Some(value),
+            "aws_session_token" => token = Some(value),
+            _ => {}
+        }
+    }
+    let (key_id, secret) = (
+        key_id.filter(|v| !v.is_empty())?,
+        secret.filter(|v| !v.is_empty())?,
+    );
+    Some(Credentials::new(
+        key_id,
+        secret,
+        token.filter(|t| !t.is_empty()),
+    ))
 }
 
 /// Parses the JSON credential of a connection. The error never quotes it.
@@ -349,6 +424,59 @@ mod tests {
         assert_eq!(xml_text(xml, "AccessKeyId").as_deref(), Some("ASIA1"));
         assert_eq!(xml_text(xml, "SecretAccessKey").as_deref(), Some("a&b"));
         assert_eq!(xml_text(xml, "SessionToken"), None);
+    }
+
+    #[test]
+    fn default_chain_prefers_the_environment_then_the_shared_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credentials");
+        std::fs::write(
+            &file,
+            "# comment\n[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = s1\n\n\
+             [ops]\naws_access_key_id=AKIDOPS\naws_secret_access_key=s2\naws_session_token=t2\n",
+        )
+        .unwrap();
+        let file_text = file.display().to_string();
+        let env = |pairs: Vec<(&'static str, String)>| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+            }
+        };
+
+        let from_env = default_chain(env(vec![
+            ("AWS_ACCESS_KEY_ID", "AKIDENV".into()),
+            ("AWS_SECRET_ACCESS_KEY", "s0".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE", file_text.clone()),
+        ]))
+        .unwrap();
+        assert_eq!(from_env.access_key_id(), "AKIDENV");
+
+        let default = default_chain(env(vec![(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            file_text.clone(),
+        )]))
+        .unwrap();
+        assert_eq!(default.access_key_id(), "AKIDDEFAULT");
+
+        let ops = default_chain(env(vec![
+            ("AWS_SHARED_CREDENTIALS_FILE", file_text.clone()),
+            ("AWS_PROFILE", "ops".into()),
+        ]))
+        .unwrap();
+        assert_eq!(ops.access_key_id(), "AKIDOPS");
+        assert_eq!(sigv4::session_token(&ops), Some("t2"));
+
+        let missing = default_chain(env(vec![
+            ("AWS_SHARED_CREDENTIALS_FILE", file_text),
+            ("AWS_PROFILE", "nope".into()),
+        ]))
+        .expect_err("no such profile");
+        assert_eq!(missing.kind, FailureKind::Misconfigured);
+        assert!(missing.message.contains("[nope]"), "{}", missing.message);
+        assert!(!missing.message.contains("s1"), "{}", missing.message);
     }
 
     #[test]

@@ -48,9 +48,10 @@ pub enum VaultAuth<C> {
     bound(deserialize = "C: Deserialize<'de>")
 )]
 pub enum ConnectionSpec<C> {
-    /// AWS Secrets Manager in one region. Without `credentials`, keygate's
-    /// own environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-    /// `AWS_SESSION_TOKEN`) sign the calls. The credential is a JSON object
+    /// AWS Secrets Manager in one region. Without `credentials`, the
+    /// process's environment variables (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) or shared credentials
+    /// file sign the calls. The credential is a JSON object
     /// `{"access_key_id", "secret_access_key", "session_token"?}`. With
     /// `role_arn`, those credentials assume the role first.
     AwsSecretsManager {

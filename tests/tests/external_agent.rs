@@ -10,6 +10,8 @@ use keygate_gateway::external::aws::send_signed;
 use keygate_gateway::external::http::{ClientSettings, HttpClient};
 use keygate_gateway::external::tokens::TokenCache;
 use keygate_gateway::external::ProviderContext;
+use keygate_tests::azure_mock::{self, AzureMock};
+use keygate_tests::gcp_mock::GcpMock;
 use keygate_tests::moto::{self, Moto, REGION};
 use keygate_tests::process::keygate_bin;
 use keygate_tests::vault_mock::VaultMock;
@@ -110,6 +112,10 @@ async fn lookups_go_through_the_agent_binary() {
     );
     vault.put("secret", "locked/thing", json!({"a": "b"}));
     vault.forbid("secret", "locked/thing");
+    let azure = AzureMock::start().await;
+    azure.set_secret("warehouse", "azure-via-agent");
+    let gcp = GcpMock::start().await;
+    gcp.add_version("acme-prod", "api-key", "gcp-via-agent");
 
     let server = TestServer::start().await;
     let admin = server.admin_token.clone();
@@ -126,6 +132,10 @@ async fn lookups_go_through_the_agent_binary() {
     .unwrap();
     let token_file = work.path().join("vault-token");
     std::fs::write(&token_file, format!("{VAULT_TOKEN}\n")).unwrap();
+    let azure_secret = work.path().join("azure-client-secret");
+    std::fs::write(&azure_secret, azure_mock::CLIENT_SECRET).unwrap();
+    let gcp_key = work.path().join("gcp-key.json");
+    std::fs::write(&gcp_key, gcp.service_account_key()).unwrap();
     let connections = work.path().join("connections.json");
     std::fs::write(
         &connections,
@@ -133,7 +143,12 @@ async fn lookups_go_through_the_agent_binary() {
             "aws-local": {"type": "aws_secrets_manager", "region": REGION, "endpoint": moto.endpoint(),
                           "credentials": {"file": aws_keys}},
             "vault-local": {"type": "hashicorp_vault", "address": vault.url(),
-                            "auth": {"method": "token", "token": {"file": token_file}}}
+                            "auth": {"method": "token", "token": {"file": token_file}}},
+            "azure-local": {"type": "azure_key_vault", "tenant_id": azure_mock::TENANT_ID,
+                            "client_id": azure_mock::CLIENT_ID, "authority_url": azure.url(),
+                            "client_secret": {"file": azure_secret}},
+            "gcp-local": {"type": "gcp_secret_manager", "endpoint": gcp.url(), "token_url": gcp.token_url(),
+                          "service_account_key": {"file": gcp_key}}
         })
         .to_string(),
     )
@@ -146,6 +161,8 @@ async fn lookups_go_through_the_agent_binary() {
     for (name, agent_connection) in [
         ("via-aws", "aws-local"),
         ("via-vault", "vault-local"),
+        ("via-azure", "azure-local"),
+        ("via-gcp", "gcp-local"),
         ("via-nothing", "absent"),
     ] {
         let (status, body) = request(
@@ -166,6 +183,14 @@ async fn lookups_go_through_the_agent_binary() {
         (
             "vault-password",
             json!({"type": "hashicorp_vault", "mount": "secret", "path": "etl/warehouse", "key": "password", "connection": "via-vault"}),
+        ),
+        (
+            "azure-warehouse",
+            json!({"type": "azure_key_vault", "vault_url": azure.url(), "name": "warehouse", "connection": "via-azure"}),
+        ),
+        (
+            "gcp-api-key",
+            json!({"type": "gcp_secret_manager", "project": "acme-prod", "secret": "api-key", "connection": "via-gcp"}),
         ),
         (
             "vault-locked",
@@ -209,6 +234,14 @@ async fn lookups_go_through_the_agent_binary() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["value"], "vault-pw");
     assert_eq!(body["provider_version"], "1");
+    for (definition, expected) in [
+        ("azure-warehouse", "azure-via-agent"),
+        ("gcp-api-key", "gcp-via-agent"),
+    ] {
+        let (status, body) = resolve(definition).await;
+        assert_eq!(status, StatusCode::OK, "{definition}: {body}");
+        assert_eq!(body["value"], expected);
+    }
 
     let (status, body) = resolve("vault-locked").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
@@ -241,12 +274,18 @@ async fn lookups_go_through_the_agent_binary() {
     // Neither the agent's log nor the gateway's answers carry credentials.
     drop(agent);
     let agent_log = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        !agent_log.contains(VAULT_TOKEN)
-            && !agent_log.contains("vault-pw")
-            && !agent_log.contains("via-agent"),
-        "{agent_log}"
-    );
+    for secret in [
+        VAULT_TOKEN,
+        "vault-pw",
+        "via-agent",
+        azure_mock::CLIENT_SECRET,
+    ] {
+        assert!(
+            !agent_log.contains(secret),
+            "the agent's log shows {secret:?}: {agent_log}"
+        );
+    }
+    assert!(!agent_log.contains("gcp-via-agent"), "{agent_log}");
 
     // With the agent gone, the lookup fails as unreachable (the cached
     // values stay until their life ends, so ask for one never cached).

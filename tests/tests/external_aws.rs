@@ -311,13 +311,15 @@ async fn missing_secrets_keys_and_connections_are_clear_errors() {
         "{body}"
     );
 
-    define(
-        &setup,
-        "no-connection",
-        json!({"type": "aws_secrets_manager", "secret_id": "plain", "connection": "nope"}),
-    )
-    .await;
-    let (status, body) = resolve(&setup, "no-connection").await;
+    let (status, _, body) = setup
+        .api
+        .request(
+            Method::PUT,
+            "/v1/projects/etl/secret-definitions/no-connection",
+            Some(&setup.server.admin_token),
+            Some(json!({"location": {"type": "aws_secrets_manager", "secret_id": "plain", "connection": "nope"}})),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(
         body["detail"]
@@ -326,6 +328,147 @@ async fn missing_secrets_keys_and_connections_are_clear_errors() {
             .contains("PUT /v1/connections/nope"),
         "{body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_checked_when_written_and_used() {
+    let moto = Moto::start();
+    let endpoint = moto.endpoint();
+    let setup = setup(
+        &endpoint,
+        moto::ACCESS_KEY_ID,
+        moto::SECRET_ACCESS_KEY,
+        |_| {},
+    )
+    .await;
+    secrets_manager(
+        &endpoint,
+        &moto::credentials(),
+        "CreateSecret",
+        json!({"Name": "team-db", "SecretString": "team"}),
+    )
+    .await;
+    let admin = setup.server.admin_token.clone();
+    let put = |name: &'static str, body: Value| {
+        let (api, admin) = (&setup.api, admin.clone());
+        async move {
+            let (status, _, body) = api
+                .request(
+                    Method::PUT,
+                    &format!("/v1/connections/{name}"),
+                    Some(&admin),
+                    Some(body),
+                )
+                .await;
+            (status, body)
+        }
+    };
+
+    // Under loopback_only, a public default endpoint or address is refused at once.
+    let (status, body) = put(
+        "public",
+        json!({"connection": {"type": "aws_secrets_manager", "region": REGION}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("endpoint is unset"),
+        "{body}"
+    );
+    let (status, body) = put(
+        "remote",
+        json!({"connection": {"type": "hashicorp_vault", "address": "https://vault.example.com",
+                              "auth": {"method": "token", "token": {"project": "ops", "secret": "t"}}}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not a loopback address"),
+        "{body}"
+    );
+    let (status, body) = put("ghost-agent", json!({"connection": {"type": "agent", "agent_id": "agt_000000000000000000000000", "connection": "x"}})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("GET /v1/agents"),
+        "{body}"
+    );
+
+    // A connection limited to project `team` serves only that project.
+    let (status, body) = put(
+        "team-only",
+        json!({"projects": ["team"], "connection": {"type": "aws_secrets_manager", "region": REGION, "endpoint": endpoint,
+               "credentials": {"project": "ops", "secret": "aws-keys"}}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["projects"], json!(["team"]));
+    let location =
+        json!({"type": "aws_secrets_manager", "secret_id": "team-db", "connection": "team-only"});
+    let (status, _, body) = setup
+        .api
+        .request(
+            Method::PUT,
+            "/v1/projects/etl/secret-definitions/team-db",
+            Some(&admin),
+            Some(json!({"location": location})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("[\"team\"] only"),
+        "{body}"
+    );
+
+    // A token restricted to projects may use only connections restricted to them:
+    // the shared `aws` connection could read secrets that token may not.
+    let etl_admin = setup
+        .server
+        .token(ACCOUNT, &["secrets:admin"], Some(&["etl"]));
+    let shared =
+        json!({"type": "aws_secrets_manager", "secret_id": "team-db", "connection": "aws"});
+    let (status, _, body) = setup
+        .api
+        .request(
+            Method::PUT,
+            "/v1/projects/etl/secret-definitions/borrowed",
+            Some(&etl_admin),
+            Some(json!({"location": shared})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let team_admin = setup
+        .server
+        .token(ACCOUNT, &["secrets:admin"], Some(&["team"]));
+    let (status, _, body) = setup
+        .api
+        .request(
+            Method::PUT,
+            "/v1/projects/team/secret-definitions/team-db",
+            Some(&team_admin),
+            Some(json!({"location": location})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let team_runner = setup
+        .server
+        .token(ACCOUNT, &["secrets:read"], Some(&["team"]));
+    let (status, _, body) = setup
+        .api
+        .request(
+            Method::GET,
+            "/v1/projects/team/secret-definitions/team-db/value",
+            Some(&team_runner),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["value"], "team");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -223,12 +223,61 @@ async fn listing_never_returns_values() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn external_definitions_are_stored_and_need_a_connection() {
+async fn external_definitions_need_an_existing_connection() {
     let server = TestServer::start().await;
     let api = server.api();
     let admin = &server.admin_token;
     let location =
         json!({"type": "aws_secrets_manager", "secret_id": "prod/db", "json_key": "password"});
+    let (status, _, body) = api
+        .request(
+            Method::PUT,
+            &path("etl", "secret-definitions/aws-db"),
+            Some(admin),
+            Some(json!({"location": location})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["type"], "urn:keygate:problem:connection-misconfigured");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("needs connection"),
+        "{body}"
+    );
+
+    let mut location = location;
+    location["connection"] = json!("aws-prod");
+    let (status, _, body) = api
+        .request(
+            Method::PUT,
+            &path("etl", "secret-definitions/aws-db"),
+            Some(admin),
+            Some(json!({"location": location})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("PUT /v1/connections/aws-prod"),
+        "{body}"
+    );
+
+    let (status, _, body) = api
+        .request(
+            Method::PUT,
+            "/v1/connections/aws-prod",
+            Some(admin),
+            Some(
+                json!({"connection": {"type": "aws_secrets_manager", "region": "eu-west-1",
+                                        "endpoint": "http://127.0.0.1:9"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, _, body) = api
         .request(
             Method::PUT,
@@ -247,24 +296,6 @@ async fn external_definitions_are_stored_and_need_a_connection() {
         )
         .await;
     assert_eq!(stored["location"]["secret_id"], "prod/db");
-
-    let (status, _, body) = api
-        .request(
-            Method::GET,
-            &path("etl", "secret-definitions/aws-db/value"),
-            Some(admin),
-            None,
-        )
-        .await;
-    // Without a connection nothing is contacted; the error says what to set.
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert_eq!(body["type"], "urn:keygate:problem:connection-misconfigured");
-    assert_eq!(body["provider"], "aws_secrets_manager");
-    let detail = body["detail"].as_str().unwrap();
-    assert!(
-        detail.contains("aws_secrets_manager") && detail.contains("location.connection"),
-        "{body}"
-    );
 
     let (status, _, body) = api
         .request(

@@ -73,8 +73,13 @@ pub async fn fetch(
     .await?;
     if !response.status.is_success() {
         let (code, message) = error_details(response.status, &response.body);
+        let version = match (location.version_id, location.version_stage) {
+            (Some(id), _) => format!(" version id {id:?}"),
+            (None, Some(stage)) => format!(" stage {stage:?}"),
+            (None, None) => String::new(),
+        };
         let detail = format!(
-            "GetSecretValue for {:?}: {code}: {message}",
+            "GetSecretValue for {:?}{version}: {code}: {message}",
             location.secret_id
         );
         let kind = match code.as_str() {

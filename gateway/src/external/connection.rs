@@ -192,6 +192,74 @@ impl<C> ConnectionSpec<C> {
         }
     }
 
+    /// The URLs the connection sets, by field name. Defaults (the public
+    /// endpoints) are not included.
+    pub fn urls(&self) -> Vec<(&'static str, &str)> {
+        let fields: Vec<(&'static str, Option<&String>)> = match self {
+            ConnectionSpec::AwsSecretsManager {
+                endpoint,
+                sts_endpoint,
+                ..
+            } => vec![
+                ("endpoint", endpoint.as_ref()),
+                ("sts_endpoint", sts_endpoint.as_ref()),
+            ],
+            ConnectionSpec::AzureKeyVault { authority_url, .. } => {
+                vec![("authority_url", authority_url.as_ref())]
+            }
+            ConnectionSpec::GcpSecretManager {
+                endpoint,
+                token_url,
+                ..
+            } => vec![
+                ("endpoint", endpoint.as_ref()),
+                ("token_url", token_url.as_ref()),
+            ],
+            ConnectionSpec::HashicorpVault { address, .. } => vec![("address", Some(address))],
+            ConnectionSpec::Agent { .. } => Vec::new(),
+        };
+        fields
+            .into_iter()
+            .filter_map(|(field, url)| url.map(|url| (field, url.as_str())))
+            .collect()
+    }
+
+    /// The URL fields left unset, whose default is a provider's public endpoint.
+    pub fn defaulted_urls(&self) -> Vec<&'static str> {
+        match self {
+            ConnectionSpec::AwsSecretsManager {
+                endpoint,
+                sts_endpoint,
+                role_arn,
+                ..
+            } => {
+                let mut fields = Vec::new();
+                if endpoint.is_none() {
+                    fields.push("endpoint");
+                }
+                if role_arn.is_some() && sts_endpoint.is_none() {
+                    fields.push("sts_endpoint");
+                }
+                fields
+            }
+            ConnectionSpec::AzureKeyVault { authority_url, .. } => authority_url
+                .is_none()
+                .then_some("authority_url")
+                .into_iter()
+                .collect(),
+            ConnectionSpec::GcpSecretManager {
+                endpoint,
+                token_url,
+                ..
+            } => [("endpoint", endpoint), ("token_url", token_url)]
+                .into_iter()
+                .filter(|(_, url)| url.is_none())
+                .map(|(field, _)| field)
+                .collect(),
+            ConnectionSpec::HashicorpVault { .. } | ConnectionSpec::Agent { .. } => Vec::new(),
+        }
+    }
+
     /// The credential the connection needs, if any.
     pub fn credential(&self) -> Option<&C> {
         match self {
@@ -354,6 +422,34 @@ pub fn check_hosted(
     })
 }
 
+impl StoredConnection {
+    /// Returns whether definitions of `project` may use this connection.
+    pub fn allows_project(&self, project: &str) -> bool {
+        self.projects
+            .as_ref()
+            .is_none_or(|projects| projects.iter().any(|p| p == project))
+    }
+}
+
+/// Checks a connection's project allowlist: 1 to 1000 valid project ids.
+pub fn check_projects(projects: &Option<Vec<String>>) -> Result<(), InvalidConnection> {
+    let Some(projects) = projects else {
+        return Ok(());
+    };
+    if projects.is_empty() || projects.len() > 1000 {
+        return Err(invalid(
+            "projects",
+            &projects.len().to_string(),
+            "must list 1 to 1000 project ids; leave it out to allow every project",
+        ));
+    }
+    for project in projects {
+        keygate_vault::validate_project_id(project)
+            .map_err(|e| invalid("projects", project, e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Checks a file credential's path: absolute.
 pub fn check_file(
     field: &'static str,
@@ -375,6 +471,10 @@ pub fn check_file(
 pub struct StoredConnection {
     pub name: String,
     pub spec: ConnectionSpec<HostedCredential>,
+    /// The projects whose definitions may use the connection; `None` allows
+    /// every project of the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projects: Option<Vec<String>>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
 }

@@ -197,6 +197,13 @@ async fn fetch_uncached(
         ))
     })?;
     let connection = load_connection(state, &project.account, name)?;
+    if !connection.allows_project(&project.project) {
+        return Err(ProviderError::misconfigured(format!(
+            "connection {name:?} may be used by the projects {:?} only, not by {:?}",
+            connection.projects.as_deref().unwrap_or_default(),
+            project.project
+        )));
+    }
     if let ConnectionSpec::Agent {
         agent_id,
         connection: agent_connection,
@@ -214,7 +221,8 @@ async fn fetch_uncached(
                 timeout,
             )
         })
-        .await;
+        .await
+        .map_err(|error| in_connection(name, error));
     }
     let credential = match connection.spec.credential() {
         Some(reference) => Some(load_credential(state, &project.account, name, reference)?),
@@ -232,6 +240,13 @@ async fn fetch_uncached(
         )
     })
     .await
+    .map_err(|error| in_connection(name, error))
+}
+
+/// Names the connection in a failure's message.
+fn in_connection(name: &str, mut error: ProviderError) -> ProviderError {
+    error.message = format!("connection {name:?}: {}", error.message);
+    error
 }
 
 /// Runs `call` behind the endpoint's circuit breaker and the provider's
@@ -348,9 +363,14 @@ fn load_credential(
     let (value, _) = vault
         .read_secret(&project, &reference.secret, None)
         .map_err(|error| match error {
-            VaultError::SecretNotFound { .. } => misconfigured(
-                "does not exist; store it with PUT /v1/projects/{project}/secrets/{name}".into(),
-            ),
+            VaultError::SecretNotFound { .. } => misconfigured(format!(
+                "does not exist; store it with PUT /v1/projects/{}/secrets/{}",
+                reference.project,
+                percent_encoding::utf8_percent_encode(
+                    &reference.secret,
+                    percent_encoding::NON_ALPHANUMERIC
+                )
+            )),
             other => misconfigured(format!("cannot be read: {other}")),
         })?;
     let text = value
@@ -395,7 +415,7 @@ async fn through_agent(
         .filter(|record| record.account == account)
         .ok_or_else(|| {
             ProviderError::misconfigured(format!(
-                "the connection names agent {agent_id}, which account {account} does not have"
+                "the connection names agent {agent_id}, which account {account} does not have; set its agent_id to one that GET /v1/agents lists"
             ))
         })?;
     if record.disabled {
@@ -407,7 +427,9 @@ async fn through_agent(
     if !state.sessions.is_available(agent_id) {
         return Err(ProviderError::new(
             FailureKind::Unreachable,
-            format!("agent {agent_id} is not connected"),
+            format!(
+                "agent {agent_id} is not connected; start the agent or check its logs, then retry"
+            ),
         ));
     }
     let payload =
@@ -434,9 +456,14 @@ async fn through_agent(
                 TaskStatus::AgentDisconnected => FailureKind::Unreachable,
                 _ => FailureKind::Misconfigured,
             };
+            let hint = if message.contains(AGENT_TASK_KIND) {
+                "; start the agent with --connections FILE so it resolves lookups"
+            } else {
+                ""
+            };
             Err(ProviderError::new(
                 kind,
-                format!("agent {agent_id}: {message}"),
+                format!("agent {agent_id}: {message}{hint}"),
             ))
         }
     }

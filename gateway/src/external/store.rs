@@ -49,6 +49,7 @@ impl ConnectionStore {
         account: &str,
         name: &str,
         spec: ConnectionSpec<HostedCredential>,
+        projects: Option<Vec<String>>,
     ) -> Result<(StoredConnection, bool), ConnectionStoreError> {
         let _writing = self.writes.lock().expect("connection store lock");
         let previous = self.get(account, name)?;
@@ -57,6 +58,7 @@ impl ConnectionStore {
         let record = StoredConnection {
             name: name.to_owned(),
             spec,
+            projects,
             created_at_ms: previous.map_or(now, |p| p.created_at_ms),
             updated_at_ms: now,
         };
@@ -139,13 +141,13 @@ mod tests {
             "type": "aws_secrets_manager", "region": "eu-west-1"
         }))
         .unwrap();
-        let (first, created) = store.put("acme", "b", spec.clone()).unwrap();
+        let (first, created) = store.put("acme", "b", spec.clone(), None).unwrap();
         assert!(created);
-        let (second, created) = store.put("acme", "b", spec.clone()).unwrap();
+        let (second, created) = store.put("acme", "b", spec.clone(), None).unwrap();
         assert!(!created);
         assert_eq!(second.created_at_ms, first.created_at_ms);
-        store.put("acme", "a", spec.clone()).unwrap();
-        store.put("acme-two", "a", spec).unwrap();
+        store.put("acme", "a", spec.clone(), None).unwrap();
+        store.put("acme-two", "a", spec, None).unwrap();
         let names: Vec<String> = store
             .list("acme", None, 10)
             .unwrap()

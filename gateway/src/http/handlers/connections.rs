@@ -8,7 +8,9 @@ use serde_json::json;
 use tracing::info;
 
 use super::{page, point_read};
-use crate::external::connection::{check_hosted, validate_connection_name, ConnectionSpec};
+use crate::external::connection::{
+    check_hosted, check_projects, validate_connection_name, ConnectionSpec, InvalidConnection,
+};
 use crate::external::store::ConnectionStoreError;
 use crate::external::HostedCredential;
 use crate::http::body::{json_response, read_json, Response};
@@ -20,6 +22,9 @@ use crate::state::SharedState;
 #[serde(deny_unknown_fields)]
 struct PutConnection {
     connection: ConnectionSpec<HostedCredential>,
+    /// Projects whose definitions may use the connection; absent: every project.
+    #[serde(default)]
+    projects: Option<Vec<String>>,
 }
 
 /// Authenticates and checks the `secrets:admin` scope. Connections belong to
@@ -62,19 +67,22 @@ pub async fn put(
     name: &str,
 ) -> Result<Response, ApiError> {
     let principal = admin(state, conn, &req).await?;
-    check_name(name)?;
+    // The body is read first, so an HTTP/2 client gets the error and not a reset stream.
     let body: PutConnection = read_json(req.into_body(), state.config.http.max_body_bytes).await?;
-    body.connection
-        .validate(check_hosted)
-        .map_err(|e| ApiError::bad_request("invalid-input", e.to_string()))?;
+    check_name(name)?;
+    let invalid = |e: InvalidConnection| ApiError::bad_request("invalid-input", e.to_string());
+    body.connection.validate(check_hosted).map_err(invalid)?;
+    check_projects(&body.projects).map_err(invalid)?;
+    check_reachable(state, &principal.account, &body.connection)?;
     let provider = body.connection.provider();
     let store = state.external.connections.clone();
     let (account, n) = (principal.account.clone(), name.to_owned());
-    let (record, created) =
-        tokio::task::spawn_blocking(move || store.put(&account, &n, body.connection))
-            .await
-            .map_err(|e| ApiError::internal(format!("a storage task failed: {e}")))?
-            .map_err(store_error)?;
+    let (record, created) = tokio::task::spawn_blocking(move || {
+        store.put(&account, &n, body.connection, body.projects)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("a storage task failed: {e}")))?
+    .map_err(store_error)?;
     // Values read through the old settings must not outlive them.
     state.external.cache.clear_account(&principal.account);
     info!(
@@ -87,6 +95,44 @@ pub async fn put(
         StatusCode::OK
     };
     Ok(json_response(status, &record))
+}
+
+/// Rejects a connection this server could never use: an agent the account
+/// does not have, or, with `external.loopback_only`, an endpoint that is not
+/// a loopback address.
+fn check_reachable(
+    state: &SharedState,
+    account: &str,
+    spec: &ConnectionSpec<HostedCredential>,
+) -> Result<(), ApiError> {
+    let invalid = |message: String| ApiError::bad_request("invalid-input", message);
+    if let ConnectionSpec::Agent { agent_id, .. } = spec {
+        let record = point_read(|| state.agents.get(agent_id))
+            .map_err(|e| ApiError::internal(format!("agent lookup failed: {e}")))?;
+        if record.is_none_or(|record| record.account != account) {
+            return Err(invalid(format!(
+                "connection field agent_id = {agent_id:?} names no agent of account {account}; GET /v1/agents lists them"
+            )));
+        }
+    }
+    if state.config.external.loopback_only {
+        if let Some(field) = spec.defaulted_urls().first() {
+            return Err(invalid(format!(
+                "connection field {field} is unset, so it would be the provider's public endpoint, and this server contacts loopback addresses only (external.loopback_only, which keygate dev sets); set {field} to a loopback URL"
+            )));
+        }
+        for (field, url) in spec.urls() {
+            let host = crate::jwks_client::OutboundUrl::parse(url, "https://host")
+                .map(|parsed| parsed.host)
+                .unwrap_or_default();
+            if !crate::jwks_client::is_loopback_host(&host) {
+                return Err(invalid(format!(
+                    "connection field {field} = {url:?} is not a loopback address, and this server contacts loopback addresses only (external.loopback_only, which keygate dev sets)"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub async fn get(

@@ -113,6 +113,10 @@ pub async fn put_definition(
                 .map_err(ApiError::from),
             Err(error) => Err(error),
         };
+    let checked = checked.and_then(|(body, vault)| {
+        check_connection_use(state, &principal, &project_ref, &body.location)?;
+        Ok((body, vault))
+    });
     let (body, vault) = match checked {
         Ok(checked) => checked,
         Err(error) => {
@@ -138,6 +142,62 @@ pub async fn put_definition(
         provider, actor = %principal.subject, "secret definition stored"
     );
     Ok(json_response(StatusCode::OK, &definition))
+}
+
+/// Checks that an external location names a connection of the account that
+/// the definition's project may use. A token restricted to some projects may
+/// use only connections restricted to projects it may access, because a
+/// connection's credential can read more than the token may.
+fn check_connection_use(
+    state: &SharedState,
+    principal: &Principal,
+    project: &ProjectRef,
+    location: &SecretLocation,
+) -> Result<(), ApiError> {
+    if matches!(location, SecretLocation::Hosted { .. }) {
+        return Ok(());
+    }
+    let unusable = |detail: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "connection-misconfigured",
+            detail,
+        )
+    };
+    let Some(name) = external::provider::connection_name(location) else {
+        return Err(unusable(format!(
+            "a {} location needs connection, the name of one of account {}'s connections (GET /v1/connections lists them)",
+            location.provider(),
+            project.account
+        )));
+    };
+    let connection = point_read(|| state.external.connections.get(&project.account, name))
+        .map_err(|e| ApiError::internal(format!("the connection store failed: {e}")))?
+        .ok_or_else(|| {
+            unusable(format!(
+                "account {} has no connection {name:?}; create it first with PUT /v1/connections/{name}",
+                project.account
+            ))
+        })?;
+    if !connection.allows_project(&project.project) {
+        return Err(unusable(format!(
+            "connection {name:?} may be used by the projects {:?} only, not by {:?}",
+            connection.projects.as_deref().unwrap_or_default(),
+            project.project
+        )));
+    }
+    if let Some(token_projects) = &principal.projects {
+        let covered = connection
+            .projects
+            .as_ref()
+            .is_some_and(|allowed| allowed.iter().all(|p| token_projects.contains(p)));
+        if !covered {
+            return Err(ApiError::forbidden(format!(
+                "connection {name:?} is not restricted to projects this token may access; a token restricted to projects may use only such connections (set the connection's projects with an unrestricted token)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub async fn get_definition(

@@ -106,6 +106,27 @@ async fn open_session_status(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_right_after_rotation_is_accepted() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    // Rotation revokes tokens up to the next whole second; a login within
+    // that second must still get a token that opens a session.
+    for _ in 0..3 {
+        let (status, body) = post(&server, &format!("/v1/agents/{}/rotate-secret", creds.id)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let rotated = AgentCredentials {
+            secret: body["client_secret"].as_str().unwrap().to_owned(),
+            ..creds.clone()
+        };
+        let token = agent_token(&server, &rotated).await;
+        assert_eq!(
+            open_session_status(&server, &rotated, &token).await,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_running_agent_connected() {
     let server = TestServer::start().await;
     let creds = server.create_agent(ACCOUNT).await;

@@ -4,6 +4,8 @@
 //! bound to the client certificate of the connection (RFC 8705), whose common
 //! name must be the client id.
 
+use std::time::Duration;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::StatusCode;
@@ -134,6 +136,20 @@ pub async fn issue(
         }
         Err(error) => return Err(reject(state, &client_id, error)),
     };
+
+    // A rotation or disable revokes tokens up to the start of the next whole
+    // second (`iat` has whole seconds), so a login within that second waits
+    // for it; otherwise its new token would count as revoked.
+    // The timer runs on the monotonic clock and `iat` on the wall clock, so
+    // the wait repeats until the wall clock has passed too (at most ~1 s).
+    let valid_from_ms = agent.tokens_valid_from.saturating_mul(1000);
+    for _ in 0..10 {
+        let wait_ms = valid_from_ms.saturating_sub(crate::now_ms());
+        if wait_ms == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(wait_ms.min(1000) + 1)).await;
+    }
 
     let mut scopes = ScopeSet::default();
     scopes.insert(Scope::AgentSession);

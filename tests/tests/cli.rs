@@ -732,3 +732,74 @@ async fn keys_status_and_rotate() {
         describe(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_put_list_get_rm() {
+    let server = TestServer::start().await;
+    let token = &server.admin_token;
+    let connection = r#"{"type": "hashicorp_vault", "address": "http://127.0.0.1:9",
+        "auth": {"method": "token", "token": {"project": "ops", "secret": "vault-token"}}}"#;
+    let out = keygate(
+        &server,
+        token,
+        &[
+            "connections",
+            "put",
+            "onprem",
+            "--connection",
+            connection,
+            "--project",
+            "etl",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("hashicorp_vault"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = keygate(&server, token, &["connections", "list"], b"").await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("onprem  hashicorp_vault  etl"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = keygate(
+        &server,
+        token,
+        &[
+            "connections",
+            "put",
+            "broken",
+            "--connection",
+            "{\"type\": \"ftp\"}",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+
+    let out = keygate(
+        &server,
+        token,
+        &["definitions", "invalidate", "anything", "--project", "etl"],
+        b"",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("dropped 0 cached values"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = keygate(&server, token, &["connections", "rm", "onprem"], b"").await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let out = keygate(&server, token, &["connections", "get", "onprem"], b"").await;
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+}

@@ -18,6 +18,8 @@ pub enum DefinitionsCommand {
     List(ListArgs),
     /// Resolve a definition and print the secret value it points to.
     Resolve(NameArgs),
+    /// Drop an external definition's cached values, so the next resolution asks its provider.
+    Invalidate(NameArgs),
 }
 
 /// The project and name of one definition.
@@ -91,6 +93,22 @@ async fn dispatch(command: DefinitionsCommand) -> Result<(), CliError> {
         }
         DefinitionsCommand::List(args) => list(args).await,
         DefinitionsCommand::Resolve(args) => resolve(args).await,
+        DefinitionsCommand::Invalidate(args) => {
+            let client = ApiClient::new(&args.common.api)?;
+            let (_, answer) = client
+                .send(http::Method::DELETE, &args.definition.path("/cache"), None)
+                .await?;
+            if args.common.output == OutputFormat::Json {
+                print_json(&answer);
+            } else {
+                println!(
+                    "dropped {} cached values of {}",
+                    cell(&answer["dropped_entries"]),
+                    args.definition.name
+                );
+            }
+            Ok(())
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod api_client;
 mod audit_cmd;
 mod backup_cmd;
 mod config_cmd;
+mod connections_cmd;
 mod definitions_cmd;
 mod keys_cmd;
 mod output;
@@ -116,9 +117,12 @@ enum Command {
     /// Write, read, list and manage the versions of hosted secrets.
     #[command(subcommand)]
     Secrets(secrets_cmd::SecretsCommand),
-    /// Store, show, list and resolve secret definitions.
+    /// Store, show, list and resolve secret definitions, and clear their cached values.
     #[command(subcommand)]
     Definitions(definitions_cmd::DefinitionsCommand),
+    /// Store, show, list and delete connections to external secret managers.
+    #[command(subcommand)]
+    Connections(connections_cmd::ConnectionsCommand),
 }
 
 #[derive(Subcommand)]
@@ -262,6 +266,7 @@ pub fn main() -> i32 {
             Command::Tasks(command) => tasks_cmd::run(command).await,
             Command::Secrets(command) => secrets_cmd::run(command).await,
             Command::Definitions(command) => definitions_cmd::run(command).await,
+            Command::Connections(command) => connections_cmd::run(command).await,
         }
     })
 }

@@ -53,6 +53,17 @@ pub(crate) struct OutboundUrl {
 impl OutboundUrl {
     /// Parses and checks `text`; `example` is a valid URL that errors quote.
     pub(crate) fn parse(text: &str, example: &str) -> Result<OutboundUrl, String> {
+        OutboundUrl::parse_with(text, example, false)
+    }
+
+    /// Parses like [`OutboundUrl::parse`], but with `any_http` plain http is
+    /// allowed to any host: only for addresses an operator configured, such
+    /// as an instance-metadata service, never for URLs that callers send.
+    pub(crate) fn parse_with(
+        text: &str,
+        example: &str,
+        any_http: bool,
+    ) -> Result<OutboundUrl, String> {
         let uri: Uri = text
             .parse()
             .map_err(|e| format!("is not an absolute URL such as {example}: {e}"))?;
@@ -76,7 +87,7 @@ impl OutboundUrl {
         if host.is_empty() {
             return Err(format!("must name a host, as in {example}"));
         }
-        if !https && !is_loopback_host(&host) {
+        if !https && !any_http && !is_loopback_host(&host) {
             return Err(
                 "must be an https URL; plain http is allowed only for the loopback hosts 127.0.0.0/8, ::1 and localhost"
                     .into(),

@@ -70,6 +70,7 @@ async fn create_aws_secret(endpoint: &str, name: &str, value: &str) {
         )
         .unwrap(),
         tokens: TokenCache::default(),
+        aws_metadata: None,
     };
     let response = send_signed(
         &ctx,

@@ -24,6 +24,7 @@ fn context() -> ProviderContext {
     ProviderContext {
         http: HttpClient::new(settings, None).unwrap(),
         tokens: TokenCache::default(),
+        aws_metadata: None,
     }
 }
 
@@ -751,4 +752,113 @@ async fn batch_resolution_answers_each_name() {
         StatusCode::FORBIDDEN,
         "the runner token is restricted to etl"
     );
+}
+
+/// A local EC2 instance-metadata service (IMDSv2) that hands out moto's
+/// dummy credentials for one role; returns its URL and a request counter.
+async fn start_imds() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            let service = hyper::service::service_fn(
+                move |request: http::Request<hyper::body::Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let token_ok = request
+                        .headers()
+                        .get("x-aws-ec2-metadata-token")
+                        .is_some_and(|t| t == "imds-session");
+                    let (status, body) = match (request.method().as_str(), request.uri().path()) {
+                    ("PUT", "/latest/api/token")
+                        if request.headers().contains_key("x-aws-ec2-metadata-token-ttl-seconds") =>
+                    {
+                        (200, "imds-session".to_owned())
+                    }
+                    ("GET", "/latest/meta-data/iam/security-credentials/") if token_ok => {
+                        (200, "keygate-role\n".to_owned())
+                    }
+                    ("GET", "/latest/meta-data/iam/security-credentials/keygate-role") if token_ok => (
+                        200,
+                        json!({"Code": "Success", "AccessKeyId": "ASIAIMDSTEST", "SecretAccessKey": "imds-secret",
+                               "Token": "imds-session-token", "Expiration": "2099-01-01T00:00:00Z"})
+                        .to_string(),
+                    ),
+                    _ => (401, String::new()),
+                };
+                    async move {
+                        let mut response = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(body),
+                        ));
+                        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                },
+            );
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_metadata_credentials_when_configured() {
+    let moto = Moto::start();
+    let endpoint = moto.endpoint();
+    let (imds, imds_requests) = start_imds().await;
+    secrets_manager(
+        &endpoint,
+        &moto::credentials(),
+        "CreateSecret",
+        json!({"Name": "from-role", "SecretString": "role-creds"}),
+    )
+    .await;
+    let setup = setup(
+        &endpoint,
+        moto::ACCESS_KEY_ID,
+        moto::SECRET_ACCESS_KEY,
+        |config| {
+            config.external.aws_metadata_endpoint = imds.clone();
+        },
+    )
+    .await;
+    // No credentials in the connection: the environment of this test has
+    // none, so the metadata service is asked.
+    put_connection(
+        &setup.api,
+        &setup.server.admin_token,
+        "instance-role",
+        json!({"type": "aws_secrets_manager", "region": REGION, "endpoint": endpoint}),
+    )
+    .await;
+    define(&setup, "from-role", json!({"type": "aws_secrets_manager", "secret_id": "from-role", "connection": "instance-role"})).await;
+    let (status, body) = resolve(&setup, "from-role").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["value"], "role-creds");
+    assert_eq!(
+        imds_requests.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "token, role name, credentials"
+    );
+
+    // The credentials are kept: another lookup does not ask again.
+    setup
+        .api
+        .request(
+            Method::DELETE,
+            "/v1/projects/etl/secret-definitions/from-role/cache",
+            Some(&setup.server.admin_token),
+            None,
+        )
+        .await;
+    let (status, _) = resolve(&setup, "from-role").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(imds_requests.load(std::sync::atomic::Ordering::SeqCst), 3);
 }

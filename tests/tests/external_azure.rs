@@ -17,6 +17,7 @@ fn context() -> ProviderContext {
     ProviderContext {
         http: HttpClient::new(settings, None).expect("HTTP client"),
         tokens: TokenCache::default(),
+        aws_metadata: None,
     }
 }
 

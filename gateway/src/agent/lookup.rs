@@ -96,6 +96,7 @@ impl SecretLookup {
             ctx: ProviderContext {
                 http,
                 tokens: TokenCache::default(),
+                aws_metadata: None,
             },
         })
     }

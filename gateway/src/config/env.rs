@@ -78,6 +78,7 @@ pub const OPTION_PATHS: &[&str] = &[
     "external.cache_max_entries",
     "external.ca_file",
     "external.loopback_only",
+    "external.aws_metadata_endpoint",
 ];
 
 /// Returns the variable that sets the option at `path`.

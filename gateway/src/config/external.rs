@@ -43,6 +43,10 @@ pub struct ExternalConfig {
     pub ca_file: Option<PathBuf>,
     /// Contact loopback addresses only, whatever a connection names. `keygate dev` sets it.
     pub loopback_only: bool,
+    /// Base URL of the EC2 instance-metadata service, asked for AWS
+    /// credentials when a connection names none and the environment has none.
+    /// Empty (the default) never asks it.
+    pub aws_metadata_endpoint: String,
 }
 
 impl Default for ExternalConfig {
@@ -64,6 +68,7 @@ impl Default for ExternalConfig {
             cache_max_entries: 10_000,
             ca_file: None,
             loopback_only: false,
+            aws_metadata_endpoint: String::new(),
         }
     }
 }
@@ -196,6 +201,20 @@ pub(super) fn problems(config: &Config) -> Vec<ConfigError> {
         .into_iter()
         .filter_map(|(field, value, min, max)| check_range(field, value, min, max).err())
         .collect();
+    if !external.aws_metadata_endpoint.is_empty() {
+        let checked = crate::jwks_client::OutboundUrl::parse_with(
+            &external.aws_metadata_endpoint,
+            "http://HOST",
+            true,
+        );
+        if let Err(rule) = checked {
+            problems.push(invalid(
+                "external.aws_metadata_endpoint",
+                format!("{:?}", external.aws_metadata_endpoint),
+                &format!("{rule}; leave it empty to never ask an instance-metadata service"),
+            ));
+        }
+    }
     if let Some(ca_file) = &external.ca_file {
         if ca_file.as_os_str().is_empty() {
             problems.push(invalid(

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::error::{FailureKind, ProviderError};
-use super::http::{transient_failure, Request};
+use super::http::{encode_component, transient_failure, Request};
 use super::tokens::token_key;
 use super::{Fetched, ProviderContext};
 use crate::jwks_client::OutboundUrl;
@@ -143,7 +143,14 @@ async fn credentials(
 ) -> Result<Credentials, ProviderError> {
     let base = match connection.credentials {
         Some(text) => parse_credentials(text)?,
-        None => default_chain(|name| std::env::var(name).ok())?,
+        None => match (
+            default_chain(|name| std::env::var(name).ok()),
+            &ctx.aws_metadata,
+        ) {
+            (Ok(credentials), _) => credentials,
+            (Err(_), Some(endpoint)) => instance_credentials(ctx, endpoint).await?,
+            (Err(error), None) => return Err(error),
+        },
     };
     let Some(role_arn) = connection.role_arn else {
         return Ok(base);
@@ -214,6 +221,88 @@ fn default_chain(lookup: impl Fn(&str) -> Option<String>) -> Result<Credentials,
             path.display()
         ))
     })
+}
+
+/// Path of the role credentials under the metadata service's base URL.
+const IMDS_CREDENTIALS_PATH: &str = "/latest/meta-data/iam/security-credentials/";
+/// How long credentials from the metadata service are kept. The service
+/// replaces them well before they expire, so a short life is safe.
+const IMDS_CREDENTIALS_LIFE: Duration = Duration::from_secs(300);
+
+/// Reads the instance role's credentials from the EC2 metadata service at
+/// `endpoint` with IMDSv2: a session token, the role name, then the role's
+/// credentials. They are kept for [`IMDS_CREDENTIALS_LIFE`].
+async fn instance_credentials(
+    ctx: &ProviderContext,
+    endpoint: &str,
+) -> Result<Credentials, ProviderError> {
+    let key = token_key(&["aws-imds", endpoint], b"");
+    if let Some(cached) = ctx.tokens.get(&key) {
+        return parse_credentials(&cached);
+    }
+    let base = endpoint.trim_end_matches('/');
+    let failed = |step: &str, response: &super::http::Response| {
+        ProviderError::new(
+            FailureKind::AccessDenied,
+            format!(
+                "the instance-metadata service at {base} answered the {step} request with HTTP {}",
+                response.status.as_u16()
+            ),
+        )
+    };
+    let token_url = format!("{base}/latest/api/token");
+    let request = Request {
+        method: http::Method::PUT,
+        url: &token_url,
+        headers: vec![("x-aws-ec2-metadata-token-ttl-seconds", "300".to_owned())],
+        body: bytes::Bytes::new(),
+    };
+    let response = ctx.http.send_configured(request).await?;
+    if !response.status.is_success() {
+        return Err(failed("session token", &response));
+    }
+    let session = Zeroizing::new(String::from_utf8_lossy(&response.body).trim().to_owned());
+
+    let roles_url = format!("{base}{IMDS_CREDENTIALS_PATH}");
+    let request = Request::get(&roles_url).header("x-aws-ec2-metadata-token", session.as_str());
+    let response = ctx.http.send_configured(request).await?;
+    if !response.status.is_success() {
+        return Err(failed("role name", &response));
+    }
+    let roles = String::from_utf8_lossy(&response.body).into_owned();
+    let role = roles.lines().map(str::trim).find(|l| !l.is_empty()).ok_or_else(|| {
+        ProviderError::misconfigured(format!(
+            "the instance-metadata service at {base} names no instance role; attach one to the instance"
+        ))
+    })?;
+
+    let role_url = format!("{base}{IMDS_CREDENTIALS_PATH}{}", encode_component(role));
+    let request = Request::get(&role_url).header("x-aws-ec2-metadata-token", session.as_str());
+    let response = ctx.http.send_configured(request).await?;
+    if !response.status.is_success() {
+        return Err(failed("role credentials", &response));
+    }
+    let body = response.json("the instance-metadata service")?;
+    let field = |name: &str| {
+        body.get(name)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    let (Some(key_id), Some(secret)) = (field("AccessKeyId"), field("SecretAccessKey")) else {
+        return Err(ProviderError::invalid_response(format!(
+            "the instance-metadata service at {base} sent role credentials without AccessKeyId and SecretAccessKey"
+        )));
+    };
+    let text = Zeroizing::new(
+        json!({
+            "access_key_id": key_id,
+            "secret_access_key": secret,
+            "session_token": field("Token"),
+        })
+        .to_string(),
+    );
+    let cached = ctx.tokens.put(key, text, IMDS_CREDENTIALS_LIFE);
+    parse_credentials(&cached)
 }
 
 /// Reads one profile of an AWS shared credentials file (INI: `[name]`

@@ -116,11 +116,26 @@ impl HttpClient {
     /// [`FailureKind::Unreachable`] or [`FailureKind::TimedOut`]; the caller
     /// reads the status.
     pub async fn send(&self, request: Request<'_>) -> Result<Response, ProviderError> {
-        let url = OutboundUrl::parse(request.url, "https://host/path").map_err(|reason| {
-            ProviderError::misconfigured(format!("the URL {:?} {reason}", request.url))
-        })?;
+        self.send_with(request, false).await
+    }
+
+    /// Sends `request` to an address from the server's configuration, which
+    /// may be plain http to a host that is not loopback, such as an
+    /// instance-metadata service. `loopback_only` still applies.
+    pub async fn send_configured(&self, request: Request<'_>) -> Result<Response, ProviderError> {
+        self.send_with(request, true).await
+    }
+
+    async fn send_with(
+        &self,
+        request: Request<'_>,
+        configured: bool,
+    ) -> Result<Response, ProviderError> {
+        let url = OutboundUrl::parse_with(request.url, "https://host/path", configured).map_err(
+            |reason| ProviderError::misconfigured(format!("the URL {:?} {reason}", request.url)),
+        )?;
         let timeout = self.settings.request_timeout;
-        tokio::time::timeout(timeout, self.send_unbounded(&url, request))
+        tokio::time::timeout(timeout, self.send_unbounded(&url, request, configured))
             .await
             .map_err(|_| {
                 ProviderError::new(
@@ -138,6 +153,7 @@ impl HttpClient {
         &self,
         url: &OutboundUrl,
         request: Request<'_>,
+        configured: bool,
     ) -> Result<Response, ProviderError> {
         let path = url
             .uri
@@ -166,7 +182,7 @@ impl HttpClient {
             .body(Full::new(request.body))
             .map_err(|e| ProviderError::misconfigured(format!("invalid request: {e}")))?;
 
-        let tcp = self.connect(url).await?;
+        let tcp = self.connect(url, configured).await?;
         if url.https {
             let name = ServerName::try_from(url.host.clone()).map_err(|e| {
                 ProviderError::misconfigured(format!("invalid server name {:?}: {e}", url.host))
@@ -185,9 +201,13 @@ impl HttpClient {
 
     /// Resolves the host and connects to the first address that accepts.
     /// Plain http and a loopback-only client try loopback addresses only.
-    async fn connect(&self, url: &OutboundUrl) -> Result<TcpStream, ProviderError> {
+    async fn connect(
+        &self,
+        url: &OutboundUrl,
+        configured: bool,
+    ) -> Result<TcpStream, ProviderError> {
         let unreachable = |message: String| ProviderError::new(FailureKind::Unreachable, message);
-        let loopback_only = self.settings.loopback_only || !url.https;
+        let loopback_only = self.settings.loopback_only || (!url.https && !configured);
         let addrs: Vec<SocketAddr> = if loopback_only {
             // No name lookup at all: it would leave the machine.
             loopback_addrs(&url.host, url.port)

@@ -79,6 +79,7 @@ impl ExternalSecrets {
             ctx: Arc::new(ProviderContext {
                 http,
                 tokens: TokenCache::default(),
+                aws_metadata: Some(config.aws_metadata_endpoint.clone()).filter(|e| !e.is_empty()),
             }),
             cache: Arc::new(LookupCache::new(config.cache_settings())),
             connections: ConnectionStore::new(store),

@@ -101,7 +101,7 @@ impl SecretLookup {
         })
     }
 
-    /// The names of the connections, for the start-up log.
+    /// Returns the names of the connections, for the start-up log.
     pub fn names(&self) -> Vec<&str> {
         self.connections.keys().map(String::as_str).collect()
     }

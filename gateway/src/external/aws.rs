@@ -16,25 +16,25 @@ use crate::jwks_client::OutboundUrl;
 use crate::master_key::kms::error_details;
 use crate::master_key::sigv4::{self, Credentials, Scope, Timestamp};
 
-/// Lifetime asked for an assumed role's session; the STS default and minimum
-/// for role chaining is one hour.
+/// Lifetime requested for an assumed role's session: one hour, the STS
+/// default and the longest a chained role session may last.
 const ROLE_SESSION_SECS: u64 = 3600;
 /// `RoleSessionName` of every assumed role, visible in the customer's CloudTrail.
 const ROLE_SESSION_NAME: &str = "keygate";
 
-/// Where and as whom to call Secrets Manager.
+/// The endpoints and credentials of Secrets Manager calls.
 pub struct AwsConnection<'a> {
     pub region: &'a str,
     pub endpoint: Option<&'a str>,
     pub sts_endpoint: Option<&'a str>,
     /// The credential's text, `{"access_key_id", "secret_access_key",
-    /// "session_token"?}`; None uses keygate's environment variables.
+    /// "session_token"?}`; None uses the process's default credential chain.
     pub credentials: Option<&'a str>,
     pub role_arn: Option<&'a str>,
     pub external_id: Option<&'a str>,
 }
 
-/// Which secret to read: a name or ARN, and at most one of a version id and a stage.
+/// The secret to read: a name or ARN, and at most one of a version id and a stage.
 pub struct AwsLocation<'a> {
     pub secret_id: &'a str,
     pub version_id: Option<&'a str>,

@@ -21,8 +21,8 @@ pub struct CachedValue {
     pub version: Option<String>,
 }
 
-/// What the cache stores under one key. A specific version is part of the
-/// key, so a value is only ever returned for the version it was read for.
+/// The key of one cache entry. A specific version is part of the key, so a
+/// value is only ever returned for the version it was read for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     pub account: String,

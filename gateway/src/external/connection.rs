@@ -24,7 +24,7 @@ pub struct FileCredential {
     pub file: std::path::PathBuf,
 }
 
-/// How a connection authenticates to HashiCorp Vault.
+/// The authentication method of a HashiCorp Vault connection.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
 pub enum VaultAuth<C> {

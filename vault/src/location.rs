@@ -223,20 +223,25 @@ fn check_optional(field: &'static str, value: &Option<String>) -> Result<(), Vau
     }
 }
 
-/// Longest connection name, in bytes.
-const MAX_CONNECTION_NAME_BYTES: usize = 128;
+/// Maximum length of a connection name, in bytes.
+pub const MAX_CONNECTION_NAME_BYTES: usize = 128;
 
-/// Checks a `connection` field: 1 to 128 ASCII letters, digits, `-`, `_` or `.`.
+/// Returns whether `name` is a valid connection name: 1 to
+/// [`MAX_CONNECTION_NAME_BYTES`] ASCII letters, digits, `-`, `_` or `.`.
+pub fn is_valid_connection_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CONNECTION_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Checks a `connection` field with [`is_valid_connection_name`].
 fn check_connection(connection: &Option<String>) -> Result<(), VaultError> {
     let Some(name) = connection else {
         return Ok(());
     };
-    let valid = !name.is_empty()
-        && name.len() <= MAX_CONNECTION_NAME_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if valid {
+    if is_valid_connection_name(name) {
         Ok(())
     } else {
         Err(invalid(

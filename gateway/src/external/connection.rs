@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use keygate_vault::location::MAX_LOCATION_FIELD_BYTES;
 
-/// Longest connection name, in bytes.
-pub const MAX_CONNECTION_NAME_BYTES: usize = 128;
+pub use keygate_vault::location::MAX_CONNECTION_NAME_BYTES;
 
 /// A hosted secret that holds a credential, in a project of the connection's account.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -123,12 +122,7 @@ fn invalid(field: &'static str, value: &str, reason: impl Into<String>) -> Inval
 
 /// Checks a connection name: 1 to 128 bytes of ASCII letters, digits and `-_.`.
 pub fn validate_connection_name(name: &str) -> Result<(), InvalidConnection> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_CONNECTION_NAME_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if valid {
+    if keygate_vault::location::is_valid_connection_name(name) {
         Ok(())
     } else {
         Err(invalid(

@@ -301,3 +301,55 @@ async fn handshakes_beyond_the_limit_are_shed() {
     }
     assert!(accepted, "handshakes work again once the slot is free");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_agent_does_not_slow_another() {
+    let server = TestServer::start_with(|config| config.gateway.write_timeout_ms = 60_000).await;
+    let stalled = server.create_agent(ACCOUNT).await;
+    let mut session = RawSession::open(&server, &stalled).await;
+    session
+        .send(Frame::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            max_concurrent_tasks: 1000,
+            agent_version: "test".into(),
+            instance_id: "stalled".into(),
+        })
+        .await;
+    assert!(matches!(session.next().await, Some(Frame::Welcome { .. })));
+
+    // The stalled agent reads nothing from here on; these tasks fill its
+    // flow-control window and the gateway's buffers for its session.
+    let blob = "x".repeat(200_000);
+    for _ in 0..40 {
+        let (status, body) = server
+            .submit(
+                &stalled.id,
+                serde_json::json!({"kind": "echo", "payload": blob, "wait_ms": 0, "timeout_ms": 60_000}),
+            )
+            .await;
+        assert_eq!(status, http::StatusCode::ACCEPTED, "{body}");
+    }
+
+    let healthy = server.create_agent(ACCOUNT).await;
+    let agent = server.start_agent(&healthy, 16).await;
+    for i in 0..50 {
+        let (status, body) = server
+            .submit(
+                &healthy.id,
+                serde_json::json!({"kind": "echo", "payload": {"n": i}, "timeout_ms": 5000, "wait_ms": 5000}),
+            )
+            .await;
+        assert_eq!(
+            status,
+            http::StatusCode::OK,
+            "task {i} of the healthy agent: {body}"
+        );
+        assert_eq!(body["status"], "succeeded", "{body}");
+    }
+    assert!(
+        server.server().state().sessions.get(&stalled.id).is_some(),
+        "the stalled session was still open, and still blocked, while the other agent worked"
+    );
+    agent.stop().await;
+    drop(session);
+}

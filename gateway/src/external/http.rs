@@ -1,9 +1,9 @@
-//! One HTTP/1.1 request to a secret manager or its token service, over TLS
-//! or plain http to a loopback host, with connect and total timeouts.
+//! HTTP/1.1 requests to secret managers and their token services, over TLS
+//! or plain http to a loopback host, with connect and total timeouts and
+//! kept-alive connections.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,10 +33,19 @@ pub struct ClientSettings {
     pub loopback_only: bool,
 }
 
-/// An HTTP client for provider APIs. It opens a new connection per request.
+/// Idle connections kept per scheme and authority.
+const MAX_IDLE_PER_AUTHORITY: usize = 16;
+/// Authorities with idle connections; beyond it every idle connection is dropped.
+const MAX_POOLED_AUTHORITIES: usize = 1000;
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// An HTTP client for provider APIs. It keeps finished connections open and
+/// reuses them for later requests to the same scheme and authority.
 pub struct HttpClient {
     settings: ClientSettings,
     tls: TlsConnector,
+    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<Sender>>>,
 }
 
 /// A request to send. `url` is absolute; the body is sent as is.
@@ -105,6 +114,7 @@ impl HttpClient {
         Ok(HttpClient {
             settings,
             tls: tls::https_connector(ca_file)?,
+            idle: std::sync::Mutex::default(),
         })
     }
 
@@ -182,7 +192,36 @@ impl HttpClient {
             .body(Full::new(request.body))
             .map_err(|e| ProviderError::misconfigured(format!("invalid request: {e}")))?;
 
+        let pool_key = format!(
+            "{}://{}",
+            if url.https { "https" } else { "http" },
+            url.authority
+        );
+        // A kept connection may have been closed by the server meanwhile; the
+        // request then goes on a new one.
+        if let Some(mut sender) = self.take_idle(&pool_key) {
+            if sender.ready().await.is_ok() {
+                if let Ok(response) = sender.send_request(http_request.clone()).await {
+                    return self
+                        .finish(response, sender, &pool_key, &url.authority)
+                        .await;
+                }
+            }
+        }
+        let mut sender = self.open(url, configured).await?;
+        let response = sender
+            .send_request(http_request)
+            .await
+            .map_err(|e| unreachable_at(&url.authority, e.to_string()))?;
+        self.finish(response, sender, &pool_key, &url.authority)
+            .await
+    }
+
+    /// Opens a connection (TLS for https) and starts driving it in a task
+    /// that ends when the connection closes.
+    async fn open(&self, url: &OutboundUrl, configured: bool) -> Result<Sender, ProviderError> {
         let tcp = self.connect(url, configured).await?;
+        let failed = |e: hyper::Error| unreachable_at(&url.authority, e.to_string());
         if url.https {
             let name = ServerName::try_from(url.host.clone()).map_err(|e| {
                 ProviderError::misconfigured(format!("invalid server name {:?}: {e}", url.host))
@@ -193,10 +232,76 @@ impl HttpClient {
                     format!("the TLS handshake with {} failed: {e}", url.authority),
                 )
             })?;
-            exchange(TokioIo::new(stream), http_request, &url.authority).await
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(failed)?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(sender)
         } else {
-            exchange(TokioIo::new(tcp), http_request, &url.authority).await
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(failed)?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(sender)
         }
+    }
+
+    fn take_idle(&self, key: &str) -> Option<Sender> {
+        let mut idle = self.idle.lock().expect("connection pool lock");
+        let senders = idle.get_mut(key)?;
+        while let Some(sender) = senders.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Reads the response body, then keeps the connection for reuse unless
+    /// the server asked to close it.
+    async fn finish(
+        &self,
+        response: http::Response<hyper::body::Incoming>,
+        sender: Sender,
+        key: &str,
+        authority: &str,
+    ) -> Result<Response, ProviderError> {
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ProviderError::invalid_response(format!(
+                        "{authority} sent a response body larger than {MAX_RESPONSE_BYTES} bytes"
+                    ))
+                } else {
+                    unreachable_at(authority, format!("reading the response body failed: {e}"))
+                }
+            })?;
+        let closing = parts
+            .headers
+            .get(http::header::CONNECTION)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+        if !closing && !sender.is_closed() {
+            let mut idle = self.idle.lock().expect("connection pool lock");
+            if idle.len() >= MAX_POOLED_AUTHORITIES && !idle.contains_key(key) {
+                idle.clear();
+            }
+            let senders = idle.entry(key.to_owned()).or_default();
+            if senders.len() < MAX_IDLE_PER_AUTHORITY {
+                senders.push(sender);
+            }
+        }
+        Ok(Response {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.to_bytes(),
+        })
     }
 
     /// Resolves the host and connects to the first address that accepts.
@@ -260,58 +365,8 @@ fn loopback_addrs(host: &str, port: u16) -> Vec<SocketAddr> {
     }
 }
 
-/// Sends `request` on a new HTTP/1.1 connection and reads the answer.
-///
-/// The connection is driven inside this future, so dropping it (as the
-/// timeout does) closes the connection and leaves no task behind.
-async fn exchange<I>(
-    io: I,
-    request: http::Request<Full<Bytes>>,
-    authority: &str,
-) -> Result<Response, ProviderError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let failed =
-        |e: String| ProviderError::new(FailureKind::Unreachable, format!("{authority}: {e}"));
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let response = async move {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let (parts, body) = response.into_parts();
-        let body = Limited::new(body, MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    ProviderError::invalid_response(format!(
-                        "{authority} sent a response body larger than {MAX_RESPONSE_BYTES} bytes"
-                    ))
-                } else {
-                    failed(format!("reading the response body failed: {e}"))
-                }
-            })?;
-        Ok(Response {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.to_bytes(),
-        })
-    };
-    let mut response = pin!(response);
-    let mut connection = pin!(connection);
-    tokio::select! {
-        biased;
-        result = &mut response => result,
-        ended = &mut connection => match ended {
-            // A connection that ended cleanly may still have delivered the whole response.
-            Ok(()) => response.await,
-            Err(e) => Err(failed(e.to_string())),
-        },
-    }
+fn unreachable_at(authority: &str, reason: String) -> ProviderError {
+    ProviderError::new(FailureKind::Unreachable, format!("{authority}: {reason}"))
 }
 
 /// Maps a 5xx or 429 answer to the common failure, with `Retry-After`.

@@ -4,7 +4,7 @@
 # Vault KV v2 endpoint on loopback. The cached run uses `keygate dev` with the
 # default cache; the uncached run restarts the same data folder with
 # `keygate serve` and `external.cache_ttl_ms = 0`, so every lookup calls the
-# upstream (keygate opens one connection per upstream call). Each worker
+# upstream, over connections keygate keeps open. Each worker
 # resolves its own definition (`external-N`), so no two lookups in flight
 # share one upstream call.
 #

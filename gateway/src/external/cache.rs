@@ -14,11 +14,20 @@ use zeroize::Zeroizing;
 use super::error::{FailureKind, ProviderError};
 
 /// A value as it is returned to runners: after `json_key` selection.
-#[derive(Debug)]
+/// `Debug` shows the version only, never the value.
 pub struct CachedValue {
     pub value: Zeroizing<String>,
     /// The provider's id of the version read, when it reports one.
     pub version: Option<String>,
+}
+
+impl std::fmt::Debug for CachedValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedValue")
+            .field("value", &"REDACTED")
+            .field("version", &self.version)
+            .finish()
+    }
 }
 
 /// The key of one cache entry. A specific version is part of the key, so a

@@ -81,12 +81,21 @@ impl<'a> Request<'a> {
     }
 }
 
-/// A provider's answer, whatever its status.
-#[derive(Debug)]
+/// A provider's answer, whatever its status. `Debug` leaves out the body,
+/// which may hold a secret value or a token.
 pub struct Response {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("body_bytes", &self.body.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Response {

@@ -243,3 +243,14 @@ async fn size_stays_bounded() {
         .await;
     assert_eq!(outcome, CacheOutcome::Hit);
 }
+
+#[test]
+fn debug_output_hides_the_value() {
+    let value = CachedValue {
+        value: Zeroizing::new("s3cr3t-value".to_owned()),
+        version: Some("7".to_owned()),
+    };
+    let shown = format!("{value:?}");
+    assert!(!shown.contains("s3cr3t-value"), "{shown}");
+    assert!(shown.contains("\"7\""), "{shown}");
+}

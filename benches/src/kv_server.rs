@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 
-/// Serves until `duration` has passed, then prints how many reads it answered.
+/// Serves until `duration` has passed, then prints how many reads it served.
 pub async fn run(addr: SocketAddr, token: String, duration: Duration) -> Result<(), String> {
     if !addr.ip().is_loopback() {
         return Err(format!("--addr {addr} must be a loopback address"));

@@ -272,7 +272,7 @@ async fn lookups_go_through_the_agent_binary() {
         .unwrap();
     assert!(stored.is_empty(), "lookups left task records behind");
 
-    // Neither the agent's log nor the gateway's answers carry credentials.
+    // Neither the agent's log nor the gateway's responses contain credentials.
     drop(agent);
     let agent_log = std::fs::read_to_string(&log).unwrap();
     for secret in [

@@ -28,7 +28,7 @@ fn context() -> ProviderContext {
     }
 }
 
-/// Calls a Secrets Manager operation on `endpoint` and returns its JSON answer.
+/// Calls a Secrets Manager operation on `endpoint` and returns its JSON response.
 async fn secrets_manager(
     endpoint: &str,
     credentials: &Credentials,
@@ -57,7 +57,7 @@ async fn secrets_manager(
     serde_json::from_str(&text).unwrap()
 }
 
-/// Calls an IAM query action and returns the XML answer.
+/// Calls an IAM query action and returns the XML response.
 async fn iam(endpoint: &str, params: &[(&str, &str)]) -> String {
     let mut form = form_urlencoded::Serializer::new(String::new());
     form.append_pair("Version", "2010-05-08");
@@ -641,7 +641,7 @@ async fn concurrent_cold_lookups_make_one_call_and_rotation_shows_after_invalida
         1.0
     );
 
-    // Rotated upstream: the cache answers until it is invalidated.
+    // Rotated upstream: the cache serves the old value until it is invalidated.
     secrets_manager(
         &moto.endpoint(),
         &moto::credentials(),

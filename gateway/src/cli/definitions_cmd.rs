@@ -18,7 +18,7 @@ pub enum DefinitionsCommand {
     List(ListArgs),
     /// Resolve a definition and print the secret value it points to.
     Resolve(NameArgs),
-    /// Drop an external definition's cached values, so the next resolution asks its provider.
+    /// Drop an external definition's cached values, so the next resolution reads from its provider.
     Invalidate(NameArgs),
 }
 

@@ -34,7 +34,7 @@ pub struct ExternalConfig {
     pub cache_ttl_ms: u64,
     /// A read in the last part of a value's life starts one background refresh.
     pub cache_refresh_ahead_ms: u64,
-    /// Life of a cached not-found answer.
+    /// Life of a cached not-found result.
     pub cache_not_found_ttl_ms: u64,
     /// How long past its life a value may be served when the provider fails; 0 = never.
     pub cache_serve_stale_ms: u64,
@@ -45,7 +45,7 @@ pub struct ExternalConfig {
     pub loopback_only: bool,
     /// Base URL of the EC2 instance-metadata service, asked for AWS
     /// credentials when a connection names none and the environment has none.
-    /// Empty (the default) never asks it.
+    /// Empty (the default) means it is never contacted.
     pub aws_metadata_endpoint: String,
 }
 

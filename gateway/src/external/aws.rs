@@ -122,13 +122,13 @@ pub async fn fetch(
         })?);
         Zeroizing::new(String::from_utf8(bytes.to_vec()).map_err(|_| {
             ProviderError::invalid_response(format!(
-                "secret {:?} holds binary data that is not UTF-8 text; keygate returns text values only",
+                "secret {:?} contains binary data that is not UTF-8 text; keygate returns text values only",
                 location.secret_id
             ))
         })?)
     } else {
         return Err(ProviderError::invalid_response(
-            "Secrets Manager answered GetSecretValue without SecretString or SecretBinary",
+            "Secrets Manager returned GetSecretValue without SecretString or SecretBinary",
         ));
     };
     Ok(Fetched { value, version })
@@ -423,7 +423,7 @@ async fn assume_role(
     }
     let field = |name: &str| {
         xml_text(&text, name).ok_or_else(|| {
-            ProviderError::invalid_response(format!("STS answered AssumeRole without {name}"))
+            ProviderError::invalid_response(format!("STS returned AssumeRole without {name}"))
         })
     };
     Ok(Credentials::new(
@@ -433,7 +433,7 @@ async fn assume_role(
     ))
 }
 
-/// Returns the text of the first `<name>` element of an STS XML answer,
+/// Returns the text of the first `<name>` element of an STS XML response,
 /// which has no attributes on these elements and no nested markup in them.
 fn xml_text(xml: &str, name: &str) -> Option<String> {
     let open = format!("<{name}>");

@@ -1,6 +1,6 @@
 //! The cache of values read from external secret managers: one upstream call
 //! for concurrent misses of a key, refresh ahead of expiry, a short life for
-//! not-found answers, bounded size, invalidation, and optional stale serving
+//! not-found results, bounded size, invalidation, and optional stale serving
 //! when the provider fails.
 
 use std::collections::HashMap;
@@ -37,7 +37,7 @@ pub struct CacheKey {
     pub account: String,
     pub project: String,
     pub definition: String,
-    /// The version the location asks for, as text; `latest` when it names none.
+    /// The version the location requests, as text; `latest` when it names none.
     pub version: String,
 }
 
@@ -48,7 +48,7 @@ pub struct CacheSettings {
     /// A read in the last `refresh_ahead` of a value's life returns it and
     /// starts one background refresh.
     pub refresh_ahead: Duration,
-    /// Life of a not-found answer.
+    /// Life of a not-found result.
     pub not_found_ttl: Duration,
     /// How long past its life a value may still be served when the provider
     /// fails; zero (the default) never serves a stale value.
@@ -56,7 +56,7 @@ pub struct CacheSettings {
     pub max_entries: usize,
 }
 
-/// How a lookup was answered, for the cache metrics.
+/// The way the cache served a lookup, for the cache metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheOutcome {
     Hit,

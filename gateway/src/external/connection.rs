@@ -8,7 +8,7 @@ use keygate_vault::location::MAX_LOCATION_FIELD_BYTES;
 
 pub use keygate_vault::location::MAX_CONNECTION_NAME_BYTES;
 
-/// A hosted secret that holds a credential, in a project of the connection's account.
+/// A hosted secret that contains a credential, in a project of the connection's account.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct HostedCredential {
@@ -16,7 +16,7 @@ pub struct HostedCredential {
     pub secret: String,
 }
 
-/// A file on the agent's machine that holds a credential.
+/// A file on the agent's machine that contains a credential.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct FileCredential {
@@ -175,7 +175,7 @@ fn check_optional_url(
 }
 
 impl<C> ConnectionSpec<C> {
-    /// The provider's name, as in a secret location's `type`, or `agent`.
+    /// Returns the provider's name, as in a secret location's `type`, or `agent`.
     pub fn provider(&self) -> &'static str {
         match self {
             ConnectionSpec::AwsSecretsManager { .. } => "aws_secrets_manager",
@@ -186,7 +186,7 @@ impl<C> ConnectionSpec<C> {
         }
     }
 
-    /// The URLs the connection sets, by field name. Defaults (the public
+    /// Returns the URLs the connection sets, by field name. Defaults (the public
     /// endpoints) are not included.
     pub fn urls(&self) -> Vec<(&'static str, &str)> {
         let fields: Vec<(&'static str, Option<&String>)> = match self {
@@ -218,7 +218,7 @@ impl<C> ConnectionSpec<C> {
             .collect()
     }
 
-    /// The URL fields left unset, whose default is a provider's public endpoint.
+    /// Returns the URL fields left unset, whose default is a provider's public endpoint.
     pub fn defaulted_urls(&self) -> Vec<&'static str> {
         match self {
             ConnectionSpec::AwsSecretsManager {
@@ -254,7 +254,7 @@ impl<C> ConnectionSpec<C> {
         }
     }
 
-    /// The credential the connection needs, if any.
+    /// Returns the credential the connection needs, if any.
     pub fn credential(&self) -> Option<&C> {
         match self {
             ConnectionSpec::AwsSecretsManager { credentials, .. } => credentials.as_ref(),

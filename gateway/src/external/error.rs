@@ -1,4 +1,4 @@
-//! Why a lookup at a customer's secret manager failed, in terms common to every provider.
+//! Failures of lookups at customers' secret managers, in terms common to every provider.
 
 use std::fmt;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 /// or to be let in by it.
 pub const CANNOT_ACCESS: &str = "The agent can't access the customer's secret manager";
 
-/// What went wrong, as the providers' own errors map onto it.
+/// The kind of failure that a provider's own error maps onto.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FailureKind {
     /// The credentials were refused, or they lack permission for the secret.
@@ -18,13 +18,13 @@ pub enum FailureKind {
     Disabled,
     /// The provider asked keygate to slow down.
     Throttled,
-    /// The provider did not answer in time.
+    /// The provider did not respond in time.
     TimedOut,
     /// No connection to the provider could be made.
     Unreachable,
-    /// The provider failed on its side (an HTTP 5xx answer).
+    /// The provider failed on its side (an HTTP 5xx response).
     ProviderError,
-    /// The provider's answer could not be understood.
+    /// The provider's response could not be understood.
     InvalidResponse,
     /// The connection or the definition is not usable as configured.
     Misconfigured,
@@ -33,7 +33,7 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    /// The `reason` label of upstream error metrics, and the name used in logs.
+    /// Returns the `reason` label of upstream error metrics, also used in logs.
     pub fn label(self) -> &'static str {
         match self {
             FailureKind::AccessDenied => "access_denied",
@@ -76,7 +76,7 @@ impl FailureKind {
 }
 
 /// One failed lookup. `message` is in the provider's terms (its error code
-/// and message) and never holds a credential or a secret value.
+/// and message) and never contains a credential or a secret value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProviderError {
     pub kind: FailureKind,

@@ -81,8 +81,8 @@ impl<'a> Request<'a> {
     }
 }
 
-/// A provider's answer, whatever its status. `Debug` leaves out the body,
-/// which may hold a secret value or a token.
+/// A provider's response, whatever its status. `Debug` leaves out the body,
+/// which may contain a secret value or a token.
 pub struct Response {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -99,17 +99,17 @@ impl std::fmt::Debug for Response {
 }
 
 impl Response {
-    /// The `Retry-After` header in seconds, when present and numeric.
+    /// Returns the `Retry-After` header in seconds, when present and numeric.
     pub fn retry_after(&self) -> Option<Duration> {
         let value = self.headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
         value.trim().parse::<u64>().ok().map(Duration::from_secs)
     }
 
-    /// The body as JSON, or an invalid-response error naming `what`.
+    /// Parses the body as JSON, or returns an invalid-response error naming `what`.
     pub fn json(&self, what: &str) -> Result<serde_json::Value, ProviderError> {
         serde_json::from_slice(&self.body).map_err(|e| {
             ProviderError::invalid_response(format!(
-                "{what} answered HTTP {} with a body that is not JSON: {e}",
+                "{what} returned HTTP {} with a body that is not JSON: {e}",
                 self.status.as_u16()
             ))
         })
@@ -131,7 +131,7 @@ impl HttpClient {
         &self.settings
     }
 
-    /// Sends `request` and returns the answer. Transport failures map to
+    /// Sends `request` and returns the response. Transport failures map to
     /// [`FailureKind::Unreachable`] or [`FailureKind::TimedOut`]; the caller
     /// reads the status.
     pub async fn send(&self, request: Request<'_>) -> Result<Response, ProviderError> {
@@ -359,8 +359,8 @@ impl HttpClient {
     }
 }
 
-/// The loopback addresses `host` names without a name lookup: a loopback
-/// IP literal, or 127.0.0.1 and ::1 for `localhost`. Anything else names none.
+/// Returns the loopback addresses `host` names, without a name lookup: a
+/// loopback IP literal, or 127.0.0.1 and ::1 for `localhost`; otherwise none.
 fn loopback_addrs(host: &str, port: u16) -> Vec<SocketAddr> {
     if host.eq_ignore_ascii_case("localhost") {
         return vec![
@@ -378,7 +378,7 @@ fn unreachable_at(authority: &str, reason: String) -> ProviderError {
     ProviderError::new(FailureKind::Unreachable, format!("{authority}: {reason}"))
 }
 
-/// Maps a 5xx or 429 answer to the common failure, with `Retry-After`.
+/// Maps a 5xx or 429 response to the common failure, with `Retry-After`.
 /// Other statuses are the provider module's to interpret.
 pub fn transient_failure(response: &Response, what: &str, detail: &str) -> Option<ProviderError> {
     let status = response.status;
@@ -409,7 +409,7 @@ pub fn encode_component(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, RESERVED).to_string()
 }
 
-/// Longest provider error text quoted in a message, in bytes.
+/// Maximum length of provider error text quoted in a message, in bytes.
 pub const MAX_DETAIL_BYTES: usize = 400;
 
 /// Reads an OAuth token answer `{"access_token", "expires_in"}`.

@@ -31,12 +31,12 @@ pub struct Fetched {
     pub version: Option<String>,
 }
 
-/// What every provider client needs: the HTTP client, the token cache, and
+/// The context every provider client needs: the HTTP client, the token cache, and
 /// the instance-metadata service for AWS credentials, if one is configured.
 pub struct ProviderContext {
     pub http: HttpClient,
     pub tokens: TokenCache,
-    /// Base URL of the EC2 instance-metadata service (IMDSv2); `None` never
-    /// asks one.
+    /// Base URL of the EC2 instance-metadata service (IMDSv2); with `None`
+    /// no metadata service is contacted.
     pub aws_metadata: Option<String>,
 }

@@ -190,7 +190,7 @@ fn select(
     })
 }
 
-/// Returns the version a location asks for, as the cache key's text.
+/// Returns the version a location requests, as the cache key's text.
 pub fn requested_version(location: &SecretLocation) -> String {
     let named = match location {
         SecretLocation::Hosted { .. } => None,

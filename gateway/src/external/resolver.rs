@@ -52,7 +52,7 @@ pub struct ExternalSecrets {
     limits: HashMap<&'static str, Arc<Semaphore>>,
     max_concurrent: usize,
     retry: RetryPolicy,
-    /// Longest wait for a free upstream slot.
+    /// Maximum wait for a free upstream slot.
     slot_wait: Duration,
     metrics: ExternalMetrics,
 }
@@ -183,8 +183,8 @@ pub async fn resolve(
     answer
 }
 
-/// Loads the definition's connection and credential and asks the provider,
-/// or the agent, for the value.
+/// Loads the definition's connection and credential, then requests the
+/// value from the provider or the agent.
 async fn fetch_uncached(
     state: &SharedState,
     project: &ProjectRef,
@@ -342,7 +342,7 @@ fn load_connection(
         })
 }
 
-/// Reads the hosted secret that holds a connection's credential.
+/// Reads the hosted secret that contains a connection's credential.
 fn load_credential(
     state: &SharedState,
     account: &str,
@@ -491,7 +491,7 @@ fn agent_answer(agent_id: &str, result: &Value) -> Result<CachedValue, ProviderE
     }
     let value = result.get("value").and_then(Value::as_str).ok_or_else(|| {
         ProviderError::invalid_response(format!(
-            "agent {agent_id} answered the lookup without a value or an error"
+            "agent {agent_id} returned a lookup result without a value or an error"
         ))
     })?;
     Ok(CachedValue {
@@ -503,7 +503,7 @@ fn agent_answer(agent_id: &str, result: &Value) -> Result<CachedValue, ProviderE
     })
 }
 
-/// The failure kind with this metrics label.
+/// Returns the failure kind with this metrics label.
 pub fn kind_from_label(label: &str) -> Option<FailureKind> {
     [
         FailureKind::AccessDenied,

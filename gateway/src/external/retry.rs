@@ -61,7 +61,7 @@ where
     }
 }
 
-/// A random duration from zero up to `max`.
+/// Returns a random duration from zero up to `max`.
 fn jitter(max: Duration) -> Duration {
     let mut bytes = [0u8; 8];
     let _ = SystemRandom::new().fill(&mut bytes);
@@ -203,7 +203,7 @@ impl Breakers {
             .clone()
     }
 
-    /// How many circuits of `provider` are open or probing.
+    /// Returns how many circuits of `provider` are open or probing.
     pub fn open_count(&self, provider: &str) -> usize {
         let breakers = self.breakers.lock().expect("breakers lock");
         breakers
@@ -307,7 +307,7 @@ mod tests {
         });
         let a = breaker.admit("p").unwrap();
         assert!(!breaker.record(a, Some(FailureKind::Unreachable)));
-        // A non-transient failure means the provider answered: the count resets.
+        // A non-transient failure means the provider responded, so the count resets.
         let a = breaker.admit("p").unwrap();
         breaker.record(a, Some(FailureKind::NotFound));
         let a = breaker.admit("p").unwrap();

@@ -111,7 +111,7 @@ impl ApiError {
         .with_header(http::header::ALLOW, &allow)
     }
 
-    /// The problem document, as the response body carries it.
+    /// Returns the problem document, as the response body contains it.
     pub fn to_problem(&self) -> serde_json::Value {
         let title = self.status.canonical_reason().unwrap_or("Error");
         let mut doc = json!({
@@ -199,7 +199,7 @@ impl From<crate::vault_slot::Sealed> for ApiError {
 }
 
 impl ApiError {
-    /// The error of a failed lookup of `definition` at an external
+    /// Builds the error of a failed lookup of `definition` at an external
     /// `provider`. Failures to reach the secret manager or to be let in start
     /// with [`crate::external::CANNOT_ACCESS`]; the problem document also
     /// carries the provider and the reason.
@@ -237,7 +237,7 @@ impl ApiError {
             .with_member("reason", json!(error.kind.label()));
         if let Some(wait) = error.retry_after {
             let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-            // The member keeps the wait in a batch answer, which has no header per name.
+            // The member keeps the wait in a batch response, which has no header per name.
             api = api
                 .with_header(http::header::RETRY_AFTER, &secs.to_string())
                 .with_member("retry_after_secs", json!(secs));

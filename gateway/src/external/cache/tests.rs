@@ -28,7 +28,7 @@ fn value(text: &str) -> Answer {
     }))
 }
 
-/// A fetch that counts its calls and answers `answer` after a short pause.
+/// Builds a fetch that counts its calls and returns `answer` after a short pause.
 fn counted(
     calls: &Arc<AtomicUsize>,
     answer: Answer,

@@ -132,7 +132,7 @@ pub async fn put_definition(
         Err(error) => Err(error),
     };
     let definition = change.finish(result, None).await?;
-    // A changed location must not be answered from values read at the old one.
+    // Values read at the old location must not be returned for the new one.
     state
         .external
         .cache
@@ -397,8 +397,8 @@ struct ResolveBatch {
 }
 
 /// Resolves several definitions in one call. Each name gets its own result
-/// or error, and its own audit record; the answer is 200 whenever the request
-/// itself is valid.
+/// or error, and its own audit record. The response is 200 whenever the
+/// request itself is valid.
 pub async fn resolve_batch(
     state: &SharedState,
     conn: &ConnInfo,
@@ -435,7 +435,7 @@ pub async fn resolve_batch(
         ));
     }
     // Each lookup runs in its own task, so one slow provider does not hold
-    // up the others; the answers keep the order of the names.
+    // up the others. The results keep the order of the names.
     let ctx = std::sync::Arc::new(ctx);
     let lookups: Vec<_> = body
         .names
@@ -477,8 +477,8 @@ pub async fn resolve_batch(
     ))
 }
 
-/// Drops the cached values of one definition, so the next resolution asks
-/// the provider again.
+/// Drops the cached values of one definition, so the next resolution
+/// requests the value from the provider again.
 pub async fn invalidate_cache(
     state: &SharedState,
     conn: &ConnInfo,

@@ -138,10 +138,10 @@ pub async fn issue(
     };
 
     // A rotation or disable revokes tokens up to the start of the next whole
-    // second (`iat` has whole seconds), so a login within that second waits
-    // for it; otherwise its new token would count as revoked.
-    // The timer runs on the monotonic clock and `iat` on the wall clock, so
-    // the wait repeats until the wall clock has passed too (at most ~1 s).
+    // second, because `iat` has whole seconds. A login within that second
+    // waits for it, or its new token would count as revoked. The timer runs
+    // on the monotonic clock and `iat` on the wall clock, so the wait repeats
+    // until the wall clock has passed too (about 1 s at most).
     let valid_from_ms = agent.tokens_valid_from.saturating_mul(1000);
     for _ in 0..10 {
         let wait_ms = valid_from_ms.saturating_sub(crate::now_ms());

@@ -250,10 +250,16 @@ async fn agent_that_stops_reading_is_closed() {
         );
         submitted += 1;
     }
-    assert_eq!(
-        metric(&server, "keygate_gateway_slow_consumer_sessions_total").await,
-        1.0
-    );
+    // The session leaves the registry just before the counter is raised.
+    let mut closed = 0.0;
+    for _ in 0..50 {
+        closed = metric(&server, "keygate_gateway_slow_consumer_sessions_total").await;
+        if closed > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(closed, 1.0);
     drop(session);
 }
 

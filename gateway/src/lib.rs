@@ -15,6 +15,7 @@ pub mod directory;
 pub mod external;
 pub mod http;
 pub mod jwks_client;
+mod linger;
 mod listener;
 pub mod logging;
 pub mod master_key;

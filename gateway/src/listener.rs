@@ -8,13 +8,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use keygate_auth::ClientIdentity;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::http::{handle, ConnInfo, ListenerKind};
+use crate::linger::{Linger, LingeringStream};
 use crate::state::SharedState;
 use crate::tls::reload::ReloadableServerConfig;
 
@@ -34,6 +34,10 @@ pub async fn serve(
     let handshakes = Arc::new(Semaphore::new(
         state.config.gateway.max_concurrent_handshakes,
     ));
+    let linger = Linger {
+        timeout: LINGER_TIMEOUT,
+        max_bytes: LINGER_MAX_BYTES,
+    };
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -47,6 +51,7 @@ pub async fn serve(
             _ = crate::stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
+        let stream = LingeringStream::new(stream, linger);
         // A handshake costs far more CPU than a running session. Shedding new
         // connections at once keeps a reconnect storm from starving the open
         // sessions, while the agents retry with jittered backoff.
@@ -90,9 +95,8 @@ pub async fn serve(
                             drop(handshake_slot);
                             s
                         }
-                        Ok(Err((e, tcp))) => {
+                        Ok(Err((e, _stream))) => {
                             debug!(listener = kind.as_str(), client.addr = %peer, error = %e, "TLS handshake failed");
-                            close_after_failed_handshake(tcp).await;
                             return;
                         }
                         Err(_) => {
@@ -169,30 +173,11 @@ impl BufferLimits {
     }
 }
 
-/// Maximum time spent reading from a client after its handshake failed.
-const REJECTED_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
-/// Maximum bytes read from a client after its handshake failed.
-const REJECTED_DRAIN_MAX_BYTES: usize = 64 * 1024;
-
-/// Closes a connection whose handshake failed so that the client can read
-/// the alert rustls sent. Closing a socket that still has unread input makes
-/// the kernel send a reset, and a client that is still writing then gets a
-/// write error instead of the alert. So the server ends its side first and
-/// reads what the client still sends, for a bounded time.
-async fn close_after_failed_handshake(mut tcp: TcpStream) {
-    let _ = tcp.shutdown().await;
-    let mut buf = [0u8; 4096];
-    let drain = async {
-        let mut total = 0;
-        while total < REJECTED_DRAIN_MAX_BYTES {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(REJECTED_DRAIN_TIMEOUT, drain).await;
-}
+/// Time a closed connection keeps reading what the client still sends.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes a closed connection reads at most. They are read from the socket
+/// and dropped, never decrypted, so the bound is on time more than on CPU.
+const LINGER_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 async fn serve_connection<I>(io: TokioIo<I>, conn: ConnInfo, state: SharedState, watcher: Watcher)
 where

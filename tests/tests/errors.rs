@@ -76,6 +76,37 @@ async fn oversized_body_is_413() {
     assert!(doc["detail"].as_str().unwrap().contains("4096"), "{doc}");
 }
 
+/// Responses sent before the request body is read (a 413, a 404) reach a
+/// client that is still sending: the server drains the connection rather
+/// than closing it on unread input, which would reset it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_response_reaches_sending_client() {
+    let server = TestServer::start_with(|c| c.http.max_body_bytes = 4096).await;
+    let headers = [
+        (
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", server.admin_token),
+        ),
+        (http::header::CONTENT_TYPE, "application/json".to_owned()),
+    ];
+    let big = Bytes::from(format!("{{\"value\": \"{}\"}}", "x".repeat(8 << 20)));
+    let (status, resp_headers, body) = server
+        .api()
+        .send(
+            Method::PUT,
+            "/v1/projects/etl/secrets/big",
+            &headers,
+            big.clone(),
+        )
+        .await;
+    assert_problem(status, &resp_headers, &body, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, resp_headers, body) = server
+        .api()
+        .send(Method::PUT, "/v2/nothing", &headers, big)
+        .await;
+    assert_problem(status, &resp_headers, &body, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_route_is_404_and_wrong_method_405() {
     let server = TestServer::start().await;

@@ -26,7 +26,7 @@ use crate::listener;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::reencrypt::ReencryptJob;
-use crate::relay::{AgentGates, KeyLocks, TaskStore, TaskTable};
+use crate::relay::{AgentGates, FinishedLimits, KeyLocks, TaskStore, TaskTable};
 use crate::session::SessionRegistry;
 use crate::signing::{SigningKeys, SigningSettings};
 use crate::state::{AppState, SharedState};
@@ -164,7 +164,10 @@ impl Server {
             audit,
             sessions: SessionRegistry::default(),
             tasks: TaskTable::with_store(
-                config.gateway.max_finished_tasks,
+                FinishedLimits {
+                    max_tasks: config.gateway.max_finished_tasks,
+                    max_result_bytes: config.gateway.max_finished_result_bytes,
+                },
                 TaskStore::new(store.clone()),
             ),
             gates: AgentGates::default(),

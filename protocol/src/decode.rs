@@ -116,6 +116,10 @@ pub(crate) fn decode_contents(contents: &[u8]) -> Result<Frame, FrameError> {
         frame::TASK_ACCEPTED => Frame::TaskAccepted {
             task_id: reader.read_str("task_accepted.task_id")?,
         },
+        frame::TASK_RESULT_CHUNK => Frame::TaskResultChunk {
+            task_id: reader.read_str("task_result_chunk.task_id")?,
+            payload: reader.read_bytes("task_result_chunk.payload")?,
+        },
         frame::PING => Frame::Ping {
             nonce: reader.read_u64("ping.nonce")?,
         },

@@ -194,6 +194,16 @@ impl Frame {
                 name: "task_accepted.task_id",
                 value: task_id,
             }],
+            Frame::TaskResultChunk { task_id, payload } => vec![
+                Field::Str {
+                    name: "task_result_chunk.task_id",
+                    value: task_id,
+                },
+                Field::Bytes {
+                    name: "task_result_chunk.payload",
+                    value: payload,
+                },
+            ],
         }
     }
 }

@@ -17,6 +17,7 @@ pub(crate) const TRACED_TASK: u8 = 10;
 pub(crate) const TRACED_TASK_RESULT: u8 = 11;
 pub(crate) const CANCEL_TASK: u8 = 12;
 pub(crate) const TASK_ACCEPTED: u8 = 13;
+pub(crate) const TASK_RESULT_CHUNK: u8 = 14;
 
 /// One message of an agent session, in either direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +95,10 @@ pub enum Frame {
     /// Agent to gateway, protocol version 3 and later: the agent received a
     /// `Task` and runs it (type 13).
     TaskAccepted { task_id: String },
+    /// Agent to gateway, protocol version 4 and later: the next part of a
+    /// result too large for one frame (type 14). The `TaskResult` that ends
+    /// the task carries the last part and the outcome.
+    TaskResultChunk { task_id: String, payload: Bytes },
 }
 
 impl Frame {
@@ -117,6 +122,7 @@ impl Frame {
             Frame::TokenAccepted { .. } => TOKEN_ACCEPTED,
             Frame::CancelTask { .. } => CANCEL_TASK,
             Frame::TaskAccepted { .. } => TASK_ACCEPTED,
+            Frame::TaskResultChunk { .. } => TASK_RESULT_CHUNK,
         }
     }
 
@@ -134,6 +140,7 @@ impl Frame {
             Frame::TokenAccepted { .. } => "token_accepted",
             Frame::CancelTask { .. } => "cancel_task",
             Frame::TaskAccepted { .. } => "task_accepted",
+            Frame::TaskResultChunk { .. } => "task_result_chunk",
         }
     }
 }

@@ -33,10 +33,18 @@
 //! | 11   | `TaskResult` with trace context | agent → gateway, version 3 | `task_id: str`, `outcome: u8`, `traceparent: str`, `payload: bytes` |
 //! | 12   | `CancelTask` | gateway → agent, version 3 | `task_id: str`, `reason: str` |
 //! | 13   | `TaskAccepted` | agent → gateway, version 3 | `task_id: str` |
+//! | 14   | `TaskResultChunk` | agent → gateway, version 4 | `task_id: str`, `payload: bytes` |
 //!
 //! Types 10 and 11 decode to [`Frame::Task`] and [`Frame::TaskResult`] with
 //! `traceparent` set; the field contains a W3C Trace Context `traceparent` header
 //! value.
+//!
+//! A result payload longer than [`RESULT_CHUNK_BYTES`] is sent, on version
+//! 4 and later, as `TaskResultChunk` frames of that size carrying its first
+//! parts in order, then the `TaskResult` with the last part. The receiver
+//! joins them. Small frames keep a large result from holding up pings and
+//! other tasks' frames on the same stream, and a result may exceed the
+//! maximum frame size (up to a limit the gateway sets).
 //!
 //! Decoding is strict. The decoder rejects a length prefix of 0, or one above
 //! the receiver's maximum frame size ([`DEFAULT_MAX_FRAME_BYTES`] unless
@@ -80,8 +88,9 @@ pub use frame::{Frame, GoAwayReason, TaskOutcome};
 ///
 /// Version 2 adds `TokenRefresh`, `TokenAccepted` and the `TokenExpired`
 /// reason of `GoAway`. Version 3 adds the trace context of tasks and results
-/// (types 10 and 11), `CancelTask` and `TaskAccepted`.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// (types 10 and 11), `CancelTask` and `TaskAccepted`. Version 4 adds
+/// `TaskResultChunk`.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Oldest protocol version a gateway still accepts in `Hello`. A session gets
 /// only the frames and reasons of the version agreed in `Welcome`.
@@ -90,3 +99,7 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Default maximum frame length in bytes, counting the type byte and the body
 /// but not the 4-byte length prefix.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Size of each `TaskResultChunk` payload: small enough that a ping queued
+/// behind a large result waits for one chunk, not for the whole result.
+pub const RESULT_CHUNK_BYTES: usize = 64 * 1024;

@@ -94,7 +94,7 @@ fn zero_length_is_empty_frame() {
 
 #[test]
 fn unknown_frame_types_named() {
-    for frame_type in [0, 14, 255] {
+    for frame_type in [0, 15, 255] {
         let error = decode_error(&raw_frame(frame_type, &[]));
 
         assert_eq!(error, FrameError::UnknownFrameType { frame_type });

@@ -68,6 +68,8 @@ fn any_frame() -> impl Strategy<Value = Frame> {
         ),
         (text(), text()).prop_map(|(task_id, reason)| Frame::CancelTask { task_id, reason }),
         text().prop_map(|task_id| Frame::TaskAccepted { task_id }),
+        (text(), payload())
+            .prop_map(|(task_id, payload)| Frame::TaskResultChunk { task_id, payload }),
         any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
         (go_away_reason(), any::<u32>(), text()).prop_map(

@@ -176,6 +176,7 @@ fn frame_type_and_name_per_variant() {
         (9, "token_accepted"),
         (12, "cancel_task"),
         (13, "task_accepted"),
+        (14, "task_result_chunk"),
     ];
     assert_eq!(sample_frames().len(), expected.len());
 

@@ -336,7 +336,10 @@ async fn agent_view_shows_session() {
     assert_eq!(body["capacity"], 7);
     assert_eq!(body["instances"][0]["capacity"], 7);
     assert_eq!(body["instances"][0]["instance_id"], "test-instance");
-    assert_eq!(body["instances"][0]["protocol_version"], 3);
+    assert_eq!(
+        body["instances"][0]["protocol_version"],
+        keygate_protocol::PROTOCOL_VERSION
+    );
     let (_, _, list) = server
         .api()
         .request(Method::GET, "/v1/agents", Some(&server.admin_token), None)
@@ -345,7 +348,7 @@ async fn agent_view_shows_session() {
     agent.stop().await;
 }
 
-/// Returns a result larger than one session frame.
+/// Returns a result of 2 MiB.
 struct Oversized;
 
 impl keygate_gateway::agent::TaskHandler for Oversized {
@@ -356,7 +359,7 @@ impl keygate_gateway::agent::TaskHandler for Oversized {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_result_fails_task_not_session() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| c.gateway.max_result_bytes = 1024 * 1024).await;
     let creds = server.create_agent(ACCOUNT).await;
     let mut handlers = keygate_gateway::agent::TaskHandlers::builtin();
     handlers.register("oversized", Oversized);
@@ -374,7 +377,10 @@ async fn oversized_result_fails_task_not_session() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "failed");
     assert!(
-        body["error"].as_str().unwrap().contains("cannot be sent"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds gateway.max_result_bytes (1048576 bytes)"),
         "{body}"
     );
 
@@ -391,5 +397,26 @@ async fn oversized_result_fails_task_not_session() {
         .session_id
         .clone();
     assert_eq!(session_before, session_after, "the session survived");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_larger_than_a_frame_arrives_whole() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let agent = server.start_agent(&creds, 4).await;
+    let size = 5 * 1024 * 1024 + 17;
+
+    let (status, body) = server
+        .submit(
+            &creds.id,
+            json!({"kind": "fill", "payload": {"bytes": size}, "timeout_ms": 30_000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "succeeded", "{}", body["error"]);
+    let data = body["result"]["data"].as_str().expect("the result's data");
+    assert_eq!(data.len(), size);
+    assert!(data.bytes().all(|b| b == b'a'));
     agent.stop().await;
 }

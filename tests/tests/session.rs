@@ -359,3 +359,172 @@ async fn a_stalled_agent_does_not_slow_another() {
     agent.stop().await;
     drop(session);
 }
+
+impl RawSession {
+    /// Skips pings until a task arrives; returns its id.
+    async fn next_task_id(&mut self) -> String {
+        loop {
+            match self.next().await {
+                Some(Frame::Task { task_id, .. }) => return task_id,
+                Some(Frame::Ping { .. }) | Some(Frame::Welcome { .. }) => continue,
+                other => panic!("expected a task, got {other:?}"),
+            }
+        }
+    }
+}
+
+async fn task_view(server: &TestServer, task_id: &str) -> serde_json::Value {
+    let (status, _, body) = server
+        .api()
+        .request(
+            http::Method::GET,
+            &format!("/v1/tasks/{task_id}"),
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    body
+}
+
+/// Polls a task until it has ended; fails after 5 s.
+async fn final_view(server: &TestServer, task_id: &str) -> serde_json::Value {
+    for _ in 0..50 {
+        let view = task_view(server, task_id).await;
+        let status = view["status"].as_str().unwrap_or_default();
+        if !["queued", "dispatched", "running"].contains(&status) {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("task {task_id} did not end within 5 s");
+}
+
+async fn submit_without_wait(server: &TestServer, agent_id: &str) -> String {
+    let (status, body) = server
+        .submit(
+            agent_id,
+            serde_json::json!({"kind": "echo", "payload": {}, "wait_ms": 0}),
+        )
+        .await;
+    assert_eq!(status, http::StatusCode::ACCEPTED, "{body}");
+    body["id"].as_str().expect("a task id").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_chunks_interleave_with_other_tasks() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let mut session = RawSession::open(&server, &creds).await;
+    session.hello(PROTOCOL_VERSION).await;
+    assert!(matches!(session.next().await, Some(Frame::Welcome { .. })));
+    server.wait_for_session(&creds.id).await;
+
+    let large = submit_without_wait(&server, &creds.id).await;
+    assert_eq!(session.next_task_id().await, large);
+    session
+        .send(Frame::TaskAccepted {
+            task_id: large.clone(),
+        })
+        .await;
+    let mut first_part = Bytes::from(format!("{{\"data\": \"{}", "a".repeat(3 * 1024 * 1024)));
+    while !first_part.is_empty() {
+        let chunk = first_part.split_to(first_part.len().min(keygate_protocol::RESULT_CHUNK_BYTES));
+        session
+            .send(Frame::TaskResultChunk {
+                task_id: large.clone(),
+                payload: chunk,
+            })
+            .await;
+    }
+
+    // A second task runs to its end while the first one's result is half sent.
+    let small = submit_without_wait(&server, &creds.id).await;
+    assert_eq!(session.next_task_id().await, small);
+    session
+        .send(Frame::TaskResult {
+            task_id: small.clone(),
+            outcome: keygate_protocol::TaskOutcome::Succeeded,
+            traceparent: None,
+            payload: Bytes::from_static(b"{\"small\": true}"),
+        })
+        .await;
+    let small_view = final_view(&server, &small).await;
+    assert_eq!(small_view["status"], "succeeded", "{small_view}");
+    assert_eq!(small_view["result"], serde_json::json!({"small": true}));
+    let large_view = task_view(&server, &large).await;
+    assert_eq!(large_view["status"], "running", "{large_view}");
+
+    session
+        .send(Frame::TaskResult {
+            task_id: large.clone(),
+            outcome: keygate_protocol::TaskOutcome::Succeeded,
+            traceparent: None,
+            payload: Bytes::from_static(b"\"}"),
+        })
+        .await;
+    let view = final_view(&server, &large).await;
+    assert_eq!(view["status"], "succeeded");
+    let data = view["result"]["data"].as_str().expect("the joined result");
+    assert_eq!(data.len(), 3 * 1024 * 1024);
+    assert!(data.bytes().all(|b| b == b'a'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_over_the_limit_fails_its_task() {
+    let server = TestServer::start_with(|c| c.gateway.max_result_bytes = 100_000).await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let mut session = RawSession::open(&server, &creds).await;
+    session.hello(PROTOCOL_VERSION).await;
+    assert!(matches!(session.next().await, Some(Frame::Welcome { .. })));
+    server.wait_for_session(&creds.id).await;
+
+    let task = submit_without_wait(&server, &creds.id).await;
+    assert_eq!(session.next_task_id().await, task);
+    for _ in 0..2 {
+        session
+            .send(Frame::TaskResultChunk {
+                task_id: task.clone(),
+                payload: Bytes::from(vec![b'a'; 60_000]),
+            })
+            .await;
+    }
+    // The agent goes on sending; the rest is dropped.
+    session
+        .send(Frame::TaskResult {
+            task_id: task.clone(),
+            outcome: keygate_protocol::TaskOutcome::Succeeded,
+            traceparent: None,
+            payload: Bytes::from_static(b"\"}"),
+        })
+        .await;
+    let view = final_view(&server, &task).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    let error = view["error"].as_str().unwrap();
+    assert!(
+        error.contains("gateway.max_result_bytes (100000 bytes)"),
+        "{error}"
+    );
+
+    // The session goes on serving tasks.
+    let next = submit_without_wait(&server, &creds.id).await;
+    assert_eq!(session.next_task_id().await, next);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_chunk_needs_protocol_version_4() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let mut session = RawSession::open(&server, &creds).await;
+    session.hello(3).await;
+    assert!(matches!(session.next().await, Some(Frame::Welcome { .. })));
+    session
+        .send(Frame::TaskResultChunk {
+            task_id: "tsk_none".into(),
+            payload: Bytes::from_static(b"{"),
+        })
+        .await;
+    let (reason, message) = session.expect_go_away().await;
+    assert_eq!(reason, GoAwayReason::ProtocolError);
+    assert!(message.contains("task_result_chunk"), "{message}");
+}

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use keygate_protocol::{Frame, FrameDecoder, TaskOutcome, PROTOCOL_VERSION};
+use keygate_protocol::{Frame, FrameDecoder, TaskOutcome, PROTOCOL_VERSION, RESULT_CHUNK_BYTES};
 use rustls::{AlertDescription, ClientConfig};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -192,6 +192,7 @@ pub async fn run_session(
                 let (cancel_tx, cancel_rx) = oneshot::channel();
                 running.insert(task_id.clone(), cancel_tx);
                 let running = running.clone();
+                let version = session_version;
                 tokio::spawn(
                     async move {
                         let _permit = permit;
@@ -204,9 +205,9 @@ pub async fn run_session(
                         }
                         let id = task_id.clone();
                         tokio::select! {
-                            frame = execute(handler, task_id, kind, timeout_ms, payload, trace.map(|t| t.to_header())) => {
+                            run = execute(handler, task_id, kind, timeout_ms, payload, trace.map(|t| t.to_header())) => {
                                 running.remove(&id);
-                                let _ = tx.send(encode_frame(&frame)).await;
+                                send_result(&tx, version, run).await;
                             }
                             Ok(reason) = cancel_rx => {
                                 info!(%reason, "task cancelled by the gateway");
@@ -477,8 +478,15 @@ fn problem_detail(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
 }
 
-/// Runs one task and builds its result frame. A result too large for one
-/// frame is reported as a failure, because an oversized frame would end the session.
+/// A finished run of a task, to send to the gateway.
+struct TaskRun {
+    task_id: String,
+    outcome: TaskOutcome,
+    traceparent: Option<String>,
+    payload: Bytes,
+}
+
+/// Runs one task and returns its outcome and result.
 async fn execute(
     handler: Option<Arc<dyn TaskHandler>>,
     task_id: String,
@@ -486,7 +494,7 @@ async fn execute(
     timeout_ms: u32,
     payload: Bytes,
     traceparent: Option<String>,
-) -> Frame {
+) -> TaskRun {
     let (outcome, result) = match handler {
         None => (
             TaskOutcome::Failed,
@@ -514,13 +522,44 @@ async fn execute(
         TaskOutcome::Succeeded => debug!(task.id = %task_id, "task finished"),
         TaskOutcome::Failed => info!(task.id = %task_id, kind = %kind, "task failed"),
     }
+    TaskRun {
+        task_id,
+        outcome,
+        traceparent,
+        payload: result,
+    }
+}
+
+/// Sends a task's result. On protocol version 4 and later a result longer
+/// than `RESULT_CHUNK_BYTES` goes in chunks, each queued on its own, so
+/// pongs and other tasks' frames go out between them. On older versions a
+/// result too large for one frame is reported as a failure, because an
+/// oversized frame would end the session.
+async fn send_result(tx: &mpsc::Sender<Bytes>, version: u16, run: TaskRun) {
+    let TaskRun {
+        task_id,
+        outcome,
+        traceparent,
+        mut payload,
+    } = run;
+    if version >= 4 {
+        while payload.len() > RESULT_CHUNK_BYTES {
+            let chunk = Frame::TaskResultChunk {
+                task_id: task_id.clone(),
+                payload: payload.split_to(RESULT_CHUNK_BYTES),
+            };
+            if tx.send(encode_frame(&chunk)).await.is_err() {
+                return;
+            }
+        }
+    }
     let frame = Frame::TaskResult {
         task_id: task_id.clone(),
         outcome,
         traceparent: traceparent.clone(),
-        payload: result,
+        payload,
     };
-    match frame.validate(keygate_protocol::DEFAULT_MAX_FRAME_BYTES) {
+    let frame = match frame.validate(keygate_protocol::DEFAULT_MAX_FRAME_BYTES) {
         Ok(()) => frame,
         Err(e) => Frame::TaskResult {
             task_id,
@@ -528,5 +567,6 @@ async fn execute(
             traceparent,
             payload: Bytes::from(format!("the task result cannot be sent: {e}")),
         },
-    }
+    };
+    let _ = tx.send(encode_frame(&frame)).await;
 }

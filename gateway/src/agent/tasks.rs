@@ -24,10 +24,11 @@ pub struct TaskHandlers {
 }
 
 impl TaskHandlers {
-    /// `echo` and `sleep`, the kinds used by tests and benchmarks.
+    /// `echo`, `fill` and `sleep`, the kinds used by tests and benchmarks.
     pub fn builtin() -> TaskHandlers {
         let mut handlers = TaskHandlers::default();
         handlers.register("echo", Echo);
+        handlers.register("fill", Fill);
         handlers.register("sleep", Sleep);
         handlers
     }
@@ -53,6 +54,38 @@ struct Echo;
 impl TaskHandler for Echo {
     fn run(&self, payload: Bytes) -> TaskFuture {
         Box::pin(async move { Ok(payload) })
+    }
+}
+
+/// Returns `{"data": "aaa…"}` with as many letters as `{"bytes": N}` requests
+/// for (at most 64 MiB): a result of a chosen size.
+struct Fill;
+
+const MAX_FILL_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FillPayload {
+    bytes: usize,
+}
+
+impl TaskHandler for Fill {
+    fn run(&self, payload: Bytes) -> TaskFuture {
+        Box::pin(async move {
+            let request: FillPayload = serde_json::from_slice(&payload)
+                .map_err(|e| format!("fill expects a payload like {{\"bytes\": 1000}}: {e}"))?;
+            if request.bytes > MAX_FILL_BYTES {
+                return Err(format!(
+                    "fill bytes {} exceeds the maximum of {MAX_FILL_BYTES}",
+                    request.bytes
+                ));
+            }
+            let mut result = Vec::with_capacity(request.bytes + 12);
+            result.extend_from_slice(b"{\"data\": \"");
+            result.resize(result.len() + request.bytes, b'a');
+            result.extend_from_slice(b"\"}");
+            Ok(Bytes::from(result))
+        })
     }
 }
 
@@ -93,7 +126,7 @@ mod tests {
     #[tokio::test]
     async fn builtin_kinds_run() {
         let handlers = TaskHandlers::builtin();
-        assert_eq!(handlers.kinds(), vec!["echo", "sleep"]);
+        assert_eq!(handlers.kinds(), vec!["echo", "fill", "sleep"]);
         let echo = handlers.get("echo").unwrap();
         assert_eq!(
             echo.run(Bytes::from_static(b"{\"a\":1}")).await.unwrap(),
@@ -114,5 +147,15 @@ mod tests {
             .await
             .is_err());
         assert!(handlers.get("rm-rf").is_none());
+    }
+
+    #[tokio::test]
+    async fn fill_returns_requested_size() {
+        let fill = TaskHandlers::builtin().get("fill").unwrap();
+        let result = fill.run(Bytes::from_static(b"{\"bytes\":3}")).await;
+        assert_eq!(result.unwrap(), Bytes::from_static(b"{\"data\": \"aaa\"}"));
+
+        let too_many = fill.run(Bytes::from_static(b"{\"bytes\":67108865}")).await;
+        assert!(too_many.unwrap_err().contains("67108864"));
     }
 }

@@ -213,6 +213,9 @@ pub struct GatewayConfig {
     pub heartbeat_interval_ms: u64,
     /// Largest session frame accepted in either direction, type byte included.
     pub max_frame_bytes: usize,
+    /// Largest task result accepted from an agent; results above the frame
+    /// size arrive in chunks. A larger result fails the task.
+    pub max_result_bytes: usize,
     /// Longest `timeout_ms` a task may ask for.
     pub max_task_timeout_ms: u64,
     /// Maximum time a submit call waits for the result before it returns 202.
@@ -223,6 +226,9 @@ pub struct GatewayConfig {
     pub finished_task_retention_secs: u64,
     /// Finished tasks kept at most; beyond it the oldest are dropped before their retention ends.
     pub max_finished_tasks: usize,
+    /// Bytes of results kept at most over all finished tasks; beyond it the
+    /// oldest are dropped before their retention ends.
+    pub max_finished_result_bytes: usize,
     /// Time a new connection has to finish its TLS handshake.
     pub tls_handshake_timeout_ms: u64,
     /// How long shutdown waits for running tasks to finish, then for open connections.
@@ -296,11 +302,13 @@ impl Default for GatewayConfig {
         GatewayConfig {
             heartbeat_interval_ms: 10_000,
             max_frame_bytes: keygate_protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_result_bytes: 16 * 1024 * 1024,
             max_task_timeout_ms: 300_000,
             max_wait_ms: 60_000,
             max_queued_tasks_per_agent: 1024,
             finished_task_retention_secs: 600,
             max_finished_tasks: 100_000,
+            max_finished_result_bytes: 1024 * 1024 * 1024,
             tls_handshake_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
             max_delivery_attempts: 3,
@@ -507,6 +515,15 @@ impl Config {
         );
         problems.extend(
             check_range(
+                "gateway.max_result_bytes",
+                g.max_result_bytes as u64,
+                1024,
+                1024 * 1024 * 1024,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
                 "gateway.max_task_timeout_ms",
                 g.max_task_timeout_ms,
                 1,
@@ -548,6 +565,15 @@ impl Config {
                 g.max_finished_tasks as u64,
                 1,
                 10_000_000,
+            )
+            .err(),
+        );
+        problems.extend(
+            check_range(
+                "gateway.max_finished_result_bytes",
+                g.max_finished_result_bytes as u64,
+                1024,
+                1u64 << 40,
             )
             .err(),
         );

@@ -10,7 +10,7 @@ pub use gates::{AgentGate, AgentGates};
 pub use key_locks::KeyLocks;
 pub use recover::recover_tasks;
 pub use store::{request_sha256, IdempotencyEntry, StoredTask, TaskStore, TaskStoreError};
-pub use table::{CancelRefused, TaskStatus, TaskTable, TaskView};
+pub use table::{CancelRefused, FinishedLimits, TaskStatus, TaskTable, TaskView};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,7 +53,7 @@ pub struct TaskControls {
 
 struct Outcome {
     status: TaskStatus,
-    result: Option<serde_json::Value>,
+    result: Option<Box<serde_json::value::RawValue>>,
     error: Option<String>,
     /// The agent's `traceparent` for its run of the task.
     agent_traceparent: Option<String>,
@@ -144,7 +144,12 @@ pub async fn run_unlisted(
     let deadline = tokio::time::Instant::now() + timeout;
     let outcome = relay(state, &spec, &mut controls, deadline).await;
     match (outcome.status, outcome.result) {
-        (TaskStatus::Succeeded, Some(result)) => Ok(result),
+        (TaskStatus::Succeeded, Some(result)) => serde_json::from_str(result.get()).map_err(|e| {
+            (
+                TaskStatus::Failed,
+                format!("the agent's result cannot be read: {e}"),
+            )
+        }),
         (status, _) => Err((
             status,
             outcome
@@ -455,21 +460,23 @@ async fn became(rx: &mut watch::Receiver<bool>, value: bool) {
 
 fn finished(session: &SessionHandle, outcome: TaskOutcome, payload: Bytes) -> Outcome {
     match outcome {
-        TaskOutcome::Succeeded => match serde_json::from_slice(&payload) {
-            Ok(value) => Outcome {
-                status: TaskStatus::Succeeded,
-                result: Some(value),
-                error: None,
-                agent_traceparent: None,
-            },
-            Err(e) => {
-                warn!(agent.id = %session.agent_id, error = %e, "agent returned a result that is not JSON");
-                Outcome::failed(
-                    TaskStatus::Failed,
-                    format!("the agent returned a result that is not valid JSON: {e}"),
-                )
+        TaskOutcome::Succeeded => {
+            match serde_json::from_slice::<Box<serde_json::value::RawValue>>(&payload) {
+                Ok(value) => Outcome {
+                    status: TaskStatus::Succeeded,
+                    result: Some(value),
+                    error: None,
+                    agent_traceparent: None,
+                },
+                Err(e) => {
+                    warn!(agent.id = %session.agent_id, error = %e, "agent returned a result that is not JSON");
+                    Outcome::failed(
+                        TaskStatus::Failed,
+                        format!("the agent returned a result that is not valid JSON: {e}"),
+                    )
+                }
             }
-        },
+        }
         TaskOutcome::Failed => Outcome::failed(
             TaskStatus::Failed,
             String::from_utf8_lossy(&payload)

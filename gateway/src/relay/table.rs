@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tracing::warn;
 
@@ -83,9 +84,10 @@ pub struct TaskView {
     /// W3C `traceparent` of the gateway's span for this task: the caller's
     /// trace, or a new one when the submission carried none.
     pub traceparent: String,
-    /// The agent's JSON result, for succeeded tasks.
+    /// The agent's JSON result, for succeeded tasks, as the agent sent it.
+    /// Kept as text, because a parsed `serde_json::Value` takes more memory than its text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<Box<RawValue>>,
     /// Error message, for failed, timed-out, disconnected and cancelled tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -136,37 +138,84 @@ pub enum CancelRefused {
     Finished(Box<TaskView>),
 }
 
+/// A finished task in the order of finishing.
+struct Finished {
+    at_ms: u64,
+    id: String,
+    /// Length of its result text.
+    result_bytes: usize,
+}
+
 #[derive(Default)]
 struct Inner {
     entries: HashMap<String, Entry>,
-    /// Finished tasks in the order they finished, with their finish time.
-    finished: VecDeque<(u64, String)>,
+    /// Finished tasks in the order they finished.
+    finished: VecDeque<Finished>,
+    /// Sum of `result_bytes` over `finished`.
+    finished_result_bytes: usize,
+}
+
+impl Inner {
+    fn push_finished(&mut self, at_ms: u64, id: String, result_bytes: usize) {
+        self.finished_result_bytes += result_bytes;
+        self.finished.push_back(Finished {
+            at_ms,
+            id,
+            result_bytes,
+        });
+    }
+
+    /// Removes the oldest finished task and returns its id.
+    fn pop_finished(&mut self) -> Option<String> {
+        let oldest = self.finished.pop_front()?;
+        self.finished_result_bytes -= oldest.result_bytes;
+        self.entries.remove(&oldest.id);
+        Some(oldest.id)
+    }
+}
+
+/// How many finished tasks a table keeps, at most.
+#[derive(Clone, Copy, Debug)]
+pub struct FinishedLimits {
+    pub max_tasks: usize,
+    /// Bytes of result text over all finished tasks.
+    pub max_result_bytes: usize,
+}
+
+impl FinishedLimits {
+    /// Limits by count only, for tests.
+    pub fn tasks(max_tasks: usize) -> FinishedLimits {
+        FinishedLimits {
+            max_tasks,
+            max_result_bytes: usize::MAX,
+        }
+    }
 }
 
 /// Tasks by id. Finished tasks are dropped after the retention time, or
-/// oldest first once more than `max_finished` have accumulated, so memory
-/// stays bounded under any task rate.
+/// oldest first once their count or the size of their results exceeds its
+/// limit, so memory stays bounded under any task rate.
 pub struct TaskTable {
     inner: Mutex<Inner>,
-    max_finished: usize,
+    limits: FinishedLimits,
     /// The store that receives final statuses; None in unit tests.
     store: Option<TaskStore>,
 }
 
 impl TaskTable {
-    pub fn new(max_finished: usize) -> TaskTable {
+    pub fn new(limits: FinishedLimits) -> TaskTable {
         TaskTable {
             inner: Mutex::new(Inner::default()),
-            max_finished,
+            limits,
             store: None,
         }
     }
 
     /// Creates a table that writes each task's final status to `store`.
-    pub fn with_store(max_finished: usize, store: TaskStore) -> TaskTable {
+    pub fn with_store(limits: FinishedLimits, store: TaskStore) -> TaskTable {
         TaskTable {
             store: Some(store),
-            ..TaskTable::new(max_finished)
+            ..TaskTable::new(limits)
         }
     }
 
@@ -185,6 +234,7 @@ impl TaskTable {
     ) -> watch::Receiver<bool> {
         let id = view.id.clone();
         let finished_at = view.finished_at_ms.filter(|_| view.status.is_final());
+        let result_bytes = result_bytes(&view);
         let (state, _) = watch::channel(view);
         let (cancel, cancelled) = watch::channel(false);
         let entry = Entry {
@@ -196,7 +246,7 @@ impl TaskTable {
         let mut inner = self.inner.lock().expect("task table lock");
         inner.entries.insert(id.clone(), entry);
         if let Some(at) = finished_at {
-            inner.finished.push_back((at, id));
+            inner.push_finished(at, id, result_bytes);
             let dropped = self.drop_excess(&mut inner);
             drop(inner);
             self.forget(&dropped);
@@ -243,7 +293,7 @@ impl TaskTable {
             if view.status.is_final() && view.finished_at_ms.is_none() {
                 let now = crate::now_ms();
                 view.finished_at_ms = Some(now);
-                finished_now = Some(now);
+                finished_now = Some((now, result_bytes(view)));
             }
         });
         let stored = self
@@ -256,8 +306,8 @@ impl TaskTable {
                 idempotency_key: entry.idempotency_key.clone(),
             });
         let mut dropped = Vec::new();
-        if let Some(at) = finished_now {
-            inner.finished.push_back((at, task_id.to_owned()));
+        if let Some((at, result_bytes)) = finished_now {
+            inner.push_finished(at, task_id.to_owned(), result_bytes);
             dropped = self.drop_excess(&mut inner);
         }
         drop(inner);
@@ -269,13 +319,15 @@ impl TaskTable {
         self.forget(&dropped);
     }
 
-    /// Drops the oldest finished tasks beyond `max_finished`; returns their ids.
+    /// Drops the oldest finished tasks while either limit is exceeded; returns their ids.
     fn drop_excess(&self, inner: &mut Inner) -> Vec<String> {
         let mut dropped = Vec::new();
-        while inner.finished.len() > self.max_finished {
-            if let Some((_, oldest)) = inner.finished.pop_front() {
-                inner.entries.remove(&oldest);
-                dropped.push(oldest);
+        while inner.finished.len() > self.limits.max_tasks
+            || inner.finished_result_bytes > self.limits.max_result_bytes
+        {
+            match inner.pop_finished() {
+                Some(id) => dropped.push(id),
+                None => break,
             }
         }
         dropped
@@ -317,9 +369,8 @@ impl TaskTable {
         let cutoff = crate::now_ms().saturating_sub(retention.as_millis() as u64);
         let mut inner = self.inner.lock().expect("task table lock");
         let mut removed = Vec::new();
-        while inner.finished.front().is_some_and(|(at, _)| *at <= cutoff) {
-            if let Some((_, id)) = inner.finished.pop_front() {
-                inner.entries.remove(&id);
+        while inner.finished.front().is_some_and(|f| f.at_ms <= cutoff) {
+            if let Some(id) = inner.pop_finished() {
                 removed.push(id);
             }
         }
@@ -335,6 +386,10 @@ impl TaskTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn result_bytes(view: &TaskView) -> usize {
+    view.result.as_ref().map_or(0, |r| r.get().len())
 }
 
 #[cfg(test)]
@@ -353,7 +408,7 @@ mod tests {
 
     #[test]
     fn cancel_reaches_the_relay_once_and_not_after_the_end() {
-        let table = TaskTable::new(10);
+        let table = TaskTable::new(FinishedLimits::tasks(10));
         let cancelled = table.insert("acme", view("t1"), None);
         assert!(matches!(
             table.request_cancel("other", "t1"),
@@ -375,7 +430,7 @@ mod tests {
 
     #[test]
     fn other_account_cannot_read() {
-        let table = TaskTable::new(10);
+        let table = TaskTable::new(FinishedLimits::tasks(10));
         table.insert("acme", view("t1"), None);
         assert!(table.get("acme", "t1").is_some());
         assert!(table.get("other", "t1").is_none());
@@ -383,7 +438,7 @@ mod tests {
 
     #[tokio::test]
     async fn wait_returns_on_finish_or_timeout() {
-        let table = std::sync::Arc::new(TaskTable::new(10));
+        let table = std::sync::Arc::new(TaskTable::new(FinishedLimits::tasks(10)));
         table.insert("acme", view("t1"), None);
         let pending = table.wait("t1", Duration::from_millis(50)).await.unwrap();
         assert_eq!(pending.status, TaskStatus::Queued);
@@ -400,7 +455,7 @@ mod tests {
 
     #[test]
     fn sweep_keeps_unfinished_and_recent() {
-        let table = TaskTable::new(10);
+        let table = TaskTable::new(FinishedLimits::tasks(10));
         table.insert("acme", view("running"), None);
         table.insert("acme", view("done"), None);
         table.update("done", |v| v.status = TaskStatus::Failed);
@@ -411,8 +466,35 @@ mod tests {
     }
 
     #[test]
+    fn finished_results_capped_by_bytes() {
+        let table = TaskTable::new(FinishedLimits {
+            max_tasks: 100,
+            max_result_bytes: 10,
+        });
+        for id in ["t1", "t2"] {
+            table.insert("acme", view(id), None);
+            table.update(id, |v| {
+                v.status = TaskStatus::Succeeded;
+                v.result = Some(RawValue::from_string("\"abcd\"".to_owned()).unwrap());
+            });
+        }
+        assert!(
+            table.get("acme", "t1").is_none(),
+            "12 bytes of results exceed the limit of 10, so the oldest goes"
+        );
+        assert!(table.get("acme", "t2").is_some());
+
+        table.insert("acme", view("t3"), None);
+        table.update("t3", |v| v.status = TaskStatus::Failed);
+        assert!(
+            table.get("acme", "t2").is_some(),
+            "a task without a result adds no bytes"
+        );
+    }
+
+    #[test]
     fn finished_tasks_capped_oldest_first() {
-        let table = TaskTable::new(2);
+        let table = TaskTable::new(FinishedLimits::tasks(2));
         table.insert("acme", view("running"), None);
         for id in ["t1", "t2", "t3"] {
             table.insert("acme", view(id), None);

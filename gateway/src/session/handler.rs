@@ -1,6 +1,7 @@
 //! `POST /v1/agent/session`: authenticates the agent, then runs the session
 //! loop that reads the agent's frames and writes the gateway's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use keygate_auth::{AuthError, Scope};
 use keygate_protocol::{
-    Frame, FrameDecoder, FrameError, GoAwayReason, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    Frame, FrameDecoder, FrameError, GoAwayReason, TaskOutcome, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
@@ -166,6 +168,7 @@ async fn run_session(
     info!(capacity, agent.instance = %hello.instance_id, agent.version = %hello.agent_version, "agent session open");
     record_first_connection(&state, &info.agent_id);
 
+    let mut results = PartialResults::new(state.config.gateway.max_result_bytes);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut last_heard = Instant::now();
     let mut ping_nonce = 0u64;
@@ -178,8 +181,19 @@ async fn run_session(
                 last_heard = Instant::now();
                 session.heard();
                 match frame {
+                    Ok(Some(Frame::TaskResultChunk { task_id, payload })) if version >= 4 => {
+                        results.add_chunk(&session, &task_id, &payload);
+                    }
                     Ok(Some(Frame::TaskResult { task_id, outcome, traceparent, payload })) => {
-                        if !session.complete(&task_id, TaskReply::Done { outcome, traceparent, payload }) {
+                        let reply = match results.finish(&task_id, payload) {
+                            Ok(payload) => TaskReply::Done { outcome, traceparent, payload },
+                            Err(message) => TaskReply::Done {
+                                outcome: TaskOutcome::Failed,
+                                traceparent,
+                                payload: Bytes::from(message),
+                            },
+                        };
+                        if !session.complete(&task_id, reply) {
                             debug!(task.id = %task_id, "result for a task that no caller is waiting for");
                         }
                     }
@@ -286,6 +300,70 @@ async fn run_session(
         End::Protocol(e) => {
             warn!(failed_tasks = failed, error = %e, "agent session closed after a protocol error")
         }
+    }
+}
+
+/// Results arriving in `TaskResultChunk` frames, joined per task until
+/// the `TaskResult` with the last part arrives.
+struct PartialResults {
+    parts: HashMap<String, BytesMut>,
+    max_bytes: usize,
+}
+
+impl PartialResults {
+    fn new(max_bytes: usize) -> PartialResults {
+        PartialResults {
+            parts: HashMap::new(),
+            max_bytes,
+        }
+    }
+
+    /// Appends a part of a task's result. Parts of tasks that no caller
+    /// waits for are dropped, so a timed-out or cancelled task keeps no
+    /// memory. A result that grows past the limit fails its task at once.
+    fn add_chunk(&mut self, session: &SessionHandle, task_id: &str, chunk: &[u8]) {
+        if !session.is_waiting(task_id) {
+            self.parts.remove(task_id);
+            debug!(task.id = %task_id, "result chunk for a task that no caller is waiting for");
+            return;
+        }
+        let joined = self.parts.entry(task_id.to_owned()).or_default();
+        if joined.len() + chunk.len() <= self.max_bytes {
+            joined.extend_from_slice(chunk);
+            return;
+        }
+        self.parts.remove(task_id);
+        warn!(task.id = %task_id, max_result_bytes = self.max_bytes, "the agent's result exceeds the limit; the task fails");
+        let reply = TaskReply::Done {
+            outcome: TaskOutcome::Failed,
+            traceparent: None,
+            payload: Bytes::from(self.too_large()),
+        };
+        session.complete(task_id, reply);
+    }
+
+    /// Returns the whole result whose last part is `last`, or the error
+    /// message when it exceeds the limit.
+    fn finish(&mut self, task_id: &str, last: Bytes) -> Result<Bytes, String> {
+        let joined = self.parts.remove(task_id);
+        let total = joined.as_ref().map_or(0, BytesMut::len) + last.len();
+        if total > self.max_bytes {
+            return Err(self.too_large());
+        }
+        match joined {
+            None => Ok(last),
+            Some(mut joined) => {
+                joined.extend_from_slice(&last);
+                Ok(joined.freeze())
+            }
+        }
+    }
+
+    fn too_large(&self) -> String {
+        format!(
+            "the agent's result exceeds gateway.max_result_bytes ({} bytes); return less data or raise the limit",
+            self.max_bytes
+        )
     }
 }
 

@@ -145,6 +145,14 @@ impl SessionHandle {
         rx
     }
 
+    /// Returns whether a task sent on this session still waits for its result.
+    pub fn is_waiting(&self, task_id: &str) -> bool {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .contains_key(task_id)
+    }
+
     /// Forgets a task whose caller stopped waiting.
     pub fn abandon(&self, task_id: &str) {
         self.pending.lock().expect("pending lock").remove(task_id);

@@ -73,6 +73,10 @@ pub fn sample_frames() -> Vec<Frame> {
         Frame::TaskAccepted {
             task_id: "task-44".to_owned(),
         },
+        Frame::TaskResultChunk {
+            task_id: "task-44".to_owned(),
+            payload: Bytes::from_static(b"{\"rows\": [1, 2, \x00\xff"),
+        },
     ]
 }
 

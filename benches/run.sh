@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Starts `keygate dev`, the reference agent and nginx on loopback. Then runs
-# the relay, secret-resolution, hosted-secret read and write load generators
-# at each concurrency level. The read load also runs against nginx serving
-# the same response body as a static file, and the script prints the
-# keygate/nginx ratio for each level.
+# Starts `keygate dev`, the reference agent, nginx and nats-server on
+# loopback. Then runs the relay, secret-resolution, hosted-secret read and
+# write load generators at each concurrency level. The relay load also runs
+# as TLS request/reply through nats-server (with a responder process in the
+# agent's place) and against nginx's static file, and the read load against
+# nginx serving the same response body as a static file; the script prints
+# the ratios for each level.
 #
 # Usage: benches/run.sh [DURATION_SECS] [CONCURRENCY...]
 #   defaults: 10 s at concurrency 1 16 64
-# Ports: KEYGATE_BENCH_PORT_BASE (default 17000) + 443 / 1443 / 2464 / 3443 (nginx).
+# Ports: KEYGATE_BENCH_PORT_BASE (default 17000) + 443 / 1443 / 2464 / 3443 (nginx) / 4222 (nats-server).
 # The comparison table is also written to KEYGATE_BENCH_RESULTS (default
 # $CARGO_TARGET_DIR/release/bench-results.md).
 # KEYGATE_BENCH_SCENARIOS picks scenarios (default: relay secrets read write verify).
@@ -26,6 +28,7 @@ agent_addr=127.0.0.1:$((base + 443))
 api_addr=127.0.0.1:$((base + 1443))
 ops_addr=127.0.0.1:$((base + 2464))
 nginx_addr=127.0.0.1:$((base + 3443))
+nats_addr=127.0.0.1:$((base + 4222))
 
 scripts/install-build-deps.sh
 scripts/install-bench-deps.sh
@@ -136,6 +139,30 @@ done
 curl -sf --cacert "$data/tls/ca.pem" -o /dev/null "https://$nginx_addr/secret.json" \
     || { echo "nginx did not start:" >&2; cat "$work/nginx/error.log" >&2; exit 1; }
 
+if wanted relay; then
+    cat >"$work/nats.conf" <<NATS
+listen: $nats_addr
+tls {
+    cert_file: "$data/tls/server.pem"
+    key_file: "$data/tls/server-key.pem"
+}
+NATS
+    nats-server -c "$work/nats.conf" >"$work/nats.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 100); do
+        grep -q "Server is ready" "$work/nats.log" && break
+        sleep 0.1
+    done
+    grep -q "Server is ready" "$work/nats.log" || { echo "nats-server did not start:" >&2; cat "$work/nats.log" >&2; exit 1; }
+    "$bench" nats-responder --nats "$nats_addr" --ca "$data/tls/ca.pem" --duration-secs 3600 >"$work/responder.out" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 100); do
+        grep -q "subscribed" "$work/responder.out" && break
+        sleep 0.1
+    done
+    grep -q "subscribed" "$work/responder.out" || { echo "the NATS responder did not start:" >&2; cat "$work/responder.out" >&2; exit 1; }
+fi
+
 audit_records() {
     curl -sf "http://$ops_addr/metrics" | awk '$1 == "keygate_audit_records_total" {print $2}'
 }
@@ -146,12 +173,28 @@ errors_of() {
     sed -n 's/.* \([0-9]*\) errors$/\1/p' <<<"$1" | head -1
 }
 
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; keygate $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $("$nginx" -v 2>&1)"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; keygate $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $("$nginx" -v 2>&1); nats-server $(nats-server --version 2>&1 | awk '{print $NF}')"
 echo "hosted secret read: $body_bytes-byte response body; nginx serves the same bytes"
 echo "load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine lowers every figure)"
+ratio() {
+    python3 -c "import sys; k, n = int(sys.argv[1] or 0), int(sys.argv[2] or 0); print(f'{k / n:.3f}' if n else 'n/a')" "$1" "$2"
+}
+p99_of() {
+    sed -n 's/.*p99 \([0-9.]*\) ms.*/\1 ms/p' <<<"$1"
+}
+relay_table="| concurrency | keygate relay/s | p99 | nats-server req/reply/s | p99 | nginx static/s | p99 | relay/nats | relay/nginx | errors (keygate, nats, nginx) |
+|---|---|---|---|---|---|---|---|---|---|"
 wanted relay && for c in "${levels[@]}"; do
-    "$bench" relay --api "$api_addr" --ca "$data/tls/ca.pem" --token-file "$admin_file" \
-        --agent-id "$agent_id" --concurrency "$c" --duration-secs "$duration"
+    kg=$("$bench" relay --api "$api_addr" --ca "$data/tls/ca.pem" --token-file "$admin_file" \
+        --agent-id "$agent_id" --concurrency "$c" --duration-secs "$duration")
+    echo "$kg"
+    nt=$("$bench" nats-request --nats "$nats_addr" --ca "$data/tls/ca.pem" --concurrency "$c" --duration-secs "$duration")
+    echo "$nt"
+    ng=$("$bench" static --api "$nginx_addr" --ca "$data/tls/ca.pem" --token-file "$admin_file" \
+        --path /secret.json --concurrency "$c" --duration-secs "$duration")
+    echo "$ng"
+    relay_table+="
+| $c | $(rate_of "$kg") | $(p99_of "$kg") | $(rate_of "$nt") | $(p99_of "$nt") | $(rate_of "$ng") | $(p99_of "$ng") | $(ratio "$(rate_of "$kg")" "$(rate_of "$nt")") | $(ratio "$(rate_of "$kg")" "$(rate_of "$ng")") | $(errors_of "$kg"), $(errors_of "$nt"), $(errors_of "$ng") |"
 done
 wanted secrets && for c in "${levels[@]}"; do
     "$bench" secrets --api "$api_addr" --ca "$data/tls/ca.pem" --token-file "$work/runner.token" \
@@ -186,7 +229,10 @@ done
 if wanted verify; then "$bench" verify --duration-secs 5; fi
 echo "load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "$table" | tee "$results"
+{
+    if wanted relay; then echo "$relay_table"; echo; fi
+    if wanted read; then echo "$table"; fi
+} | tee "$results"
 echo "(table written to $results)"
 server_rss=$(awk '/VmRSS/ {print $2 " " $3}' "/proc/${pids[0]}/status")
 echo "server RSS after the runs: $server_rss"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that benches/run.sh needs beyond the build, if
-# they are missing: nginx (the static HTTPS baseline), curl and python3.
+# they are missing: nginx (the static HTTPS baseline), nats-server (the TLS
+# request/reply baseline), curl and python3.
 # Package installs must not start nginx's own service (it would listen on
 # port 80 of every interface), so a policy-rc.d that forbids service starts is
 # put in place for the install when the machine has none. Safe to run again.
@@ -8,6 +9,7 @@ set -euo pipefail
 
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 

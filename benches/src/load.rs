@@ -25,9 +25,62 @@ pub struct Report {
     pub ok: u64,
     pub errors: u64,
     pub first_error: Option<String>,
+    /// Whether the last recorded request failed.
+    last_failed: bool,
 }
 
 impl Report {
+    /// Returns a report of no requests, for a run measured for `elapsed`.
+    pub fn empty(elapsed: Duration) -> Report {
+        Report {
+            latencies_us: Vec::new(),
+            elapsed,
+            ok: 0,
+            errors: 0,
+            first_error: None,
+            last_failed: false,
+        }
+    }
+
+    /// Records one request that started at `started`; only `measured` ones count.
+    pub fn record(&mut self, outcome: Result<(), String>, started: Instant, measured: bool) {
+        self.last_failed = outcome.is_err();
+        match outcome {
+            Ok(()) if measured => {
+                self.ok += 1;
+                self.latencies_us.push(started.elapsed().as_micros() as u64);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if measured {
+                    self.errors += 1;
+                }
+                if self.first_error.is_none() {
+                    self.first_error = Some(e);
+                }
+            }
+        }
+    }
+
+    pub fn failed_last(&self) -> bool {
+        self.last_failed
+    }
+
+    /// Adds a worker's requests to this report.
+    pub fn merge(&mut self, other: Report) {
+        self.latencies_us.extend(other.latencies_us);
+        self.ok += other.ok;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    /// Sorts the latencies, which `percentile_ms` needs; call after the last merge.
+    pub fn finish(&mut self) {
+        self.latencies_us.sort_unstable();
+    }
+
     pub fn per_second(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
@@ -41,13 +94,23 @@ impl Report {
         let index = rank.clamp(1, self.latencies_us.len()) - 1;
         self.latencies_us[index] as f64 / 1000.0
     }
-}
 
-struct WorkerResult {
-    latencies_us: Vec<u64>,
-    ok: u64,
-    errors: u64,
-    first_error: Option<String>,
+    /// Prints the one-line summary that `benches/*.sh` parse, and the first error.
+    pub fn print(&self, name: &str, concurrency: usize, connections: usize) {
+        println!(
+            "{name}: concurrency {concurrency} connections {connections} duration {} s: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {} ok, {} errors",
+            self.elapsed.as_secs(),
+            self.per_second(),
+            self.percentile_ms(50.0),
+            self.percentile_ms(99.0),
+            self.percentile_ms(100.0),
+            self.ok,
+            self.errors,
+        );
+        if let Some(sample) = &self.first_error {
+            println!("{name}: first error: {sample}");
+        }
+    }
 }
 
 pub async fn run(
@@ -71,65 +134,41 @@ pub async fn run(
             }),
             false => request.clone(),
         };
-        workers.push(tokio::spawn(worker(sender, request, measure_from, stop_at)));
+        workers.push(tokio::spawn(worker(
+            sender,
+            request,
+            duration,
+            measure_from,
+            stop_at,
+        )));
     }
-    let mut report = Report {
-        latencies_us: Vec::new(),
-        elapsed: duration,
-        ok: 0,
-        errors: 0,
-        first_error: None,
-    };
+    let mut report = Report::empty(duration);
     for worker in workers {
-        let result = worker.await.expect("worker task");
-        report.latencies_us.extend(result.latencies_us);
-        report.ok += result.ok;
-        report.errors += result.errors;
-        if report.first_error.is_none() {
-            report.first_error = result.first_error;
-        }
+        report.merge(worker.await.expect("worker task"));
     }
-    report.latencies_us.sort_unstable();
+    report.finish();
     report
 }
 
 async fn worker(
     mut sender: Sender,
     request: std::sync::Arc<RequestTemplate>,
+    duration: Duration,
     measure_from: Instant,
     stop_at: Instant,
-) -> WorkerResult {
-    let mut result = WorkerResult {
-        latencies_us: Vec::new(),
-        ok: 0,
-        errors: 0,
-        first_error: None,
-    };
+) -> Report {
+    let mut report = Report::empty(duration);
     loop {
         let started = Instant::now();
         if started >= stop_at {
-            return result;
+            return report;
         }
         let outcome = send_one(&mut sender, &request).await;
         let measured = started >= measure_from && Instant::now() <= stop_at;
-        match outcome {
-            Ok(()) if measured => {
-                result.ok += 1;
-                result
-                    .latencies_us
-                    .push(started.elapsed().as_micros() as u64);
-            }
-            Ok(()) => {}
-            Err(e) => {
-                if measured {
-                    result.errors += 1;
-                }
-                if result.first_error.is_none() {
-                    result.first_error = Some(e);
-                }
-                // A failed connection fails at once; pause so an error loop stays bounded.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        report.record(outcome, started, measured);
+        if report.failed_last() {
+            // A failed connection fails at once; pause so an error loop stays bounded.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -17,6 +17,7 @@
 mod client;
 mod kv_server;
 mod load;
+mod nats;
 mod sessions;
 mod verify;
 
@@ -52,6 +53,53 @@ enum Command {
     Sessions(SessionsArgs),
     /// Serve a fixed HashiCorp Vault KV v2 secret on loopback for a bounded time.
     KvServer(KvServerArgs),
+    /// Answer NATS requests with their own payload, on one connection to nats-server, for a bounded time.
+    NatsResponder(NatsResponderArgs),
+    /// Send NATS requests through nats-server and wait for each reply (the relay's baseline).
+    NatsRequest(NatsRequestArgs),
+}
+
+#[derive(Args)]
+struct NatsServer {
+    /// `host:port` of nats-server's client listener (TLS); must be a loopback address.
+    #[arg(long)]
+    nats: std::net::SocketAddr,
+    /// CA certificate of nats-server's certificate, which must name `localhost`.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Subject the requests go to.
+    #[arg(long, default_value = "bench.echo")]
+    subject: String,
+}
+
+#[derive(Args)]
+struct NatsResponderArgs {
+    #[command(flatten)]
+    server: NatsServer,
+    /// How long to answer, in seconds (at most 3600).
+    #[arg(long, default_value_t = 600)]
+    duration_secs: u64,
+}
+
+#[derive(Args)]
+struct NatsRequestArgs {
+    #[command(flatten)]
+    server: NatsServer,
+    /// Concurrent workers, each with one request in flight.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Connections the workers share; default: one per 16 workers, at least one.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Length of the measured run, in seconds (at most 300).
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Unmeasured warm-up before the run, in seconds.
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// Request payload size in bytes, as in `relay`: the same JSON submission body.
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
 }
 
 #[derive(Args)]
@@ -190,21 +238,36 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Relay(args) => {
-            let body = serde_json::json!({
-                "kind": "echo",
-                "payload": {"data": "x".repeat(args.payload_bytes)},
-                "timeout_ms": 10_000,
-            });
             let path = format!("/v1/agents/{}/tasks", args.agent_id);
             run(
                 "relay",
                 &args.target,
                 Method::POST,
                 path,
-                Bytes::from(body.to_string()),
+                relay_body(args.payload_bytes),
             )
             .await
         }
+        Command::NatsResponder(args) => {
+            if !args.server.nats.ip().is_loopback()
+                || args.duration_secs == 0
+                || args.duration_secs > 3600
+            {
+                Err(format!(
+                    "--nats {} must be a loopback address and --duration-secs {} between 1 and 3600",
+                    args.server.nats, args.duration_secs
+                ))
+            } else {
+                nats::respond(
+                    args.server.nats,
+                    &args.server.ca,
+                    &args.server.subject,
+                    Duration::from_secs(args.duration_secs),
+                )
+                .await
+            }
+        }
+        Command::NatsRequest(args) => nats_request(args).await,
         Command::Verify(args) => {
             if args.duration_secs == 0 || args.duration_secs > 300 || args.tokens == 0 {
                 Err(format!(
@@ -300,6 +363,53 @@ async fn main() {
     }
 }
 
+/// Returns the submission body of the relay load: an `echo` task whose
+/// payload carries `payload_bytes` characters.
+fn relay_body(payload_bytes: usize) -> Bytes {
+    let body = serde_json::json!({
+        "kind": "echo",
+        "payload": {"data": "x".repeat(payload_bytes)},
+        "timeout_ms": 10_000,
+    });
+    Bytes::from(body.to_string())
+}
+
+async fn nats_request(args: NatsRequestArgs) -> Result<(), String> {
+    if !args.server.nats.ip().is_loopback() {
+        return Err(format!(
+            "--nats {} is not a loopback address; load runs stay on this machine",
+            args.server.nats
+        ));
+    }
+    if args.concurrency == 0 || args.concurrency > 4096 {
+        return Err(format!(
+            "--concurrency {} must be between 1 and 4096",
+            args.concurrency
+        ));
+    }
+    if args.duration_secs == 0 || args.duration_secs > 300 {
+        return Err(format!(
+            "--duration-secs {} must be between 1 and 300",
+            args.duration_secs
+        ));
+    }
+    let connections = args
+        .connections
+        .unwrap_or(args.concurrency.div_ceil(16))
+        .clamp(1, args.concurrency);
+    let plan = nats::RequestPlan {
+        subject: args.server.subject,
+        payload: relay_body(args.payload_bytes),
+        concurrency: args.concurrency,
+        connections,
+        warmup: Duration::from_secs(args.warmup_secs),
+        duration: Duration::from_secs(args.duration_secs),
+    };
+    let report = nats::request(args.server.nats, &args.server.ca, plan).await?;
+    report.print("nats", args.concurrency, connections);
+    Ok(())
+}
+
 /// Returns the path of a hosted secret plus `suffix`. Both names must be
 /// URL-safe as they are (letters, digits, `.`, `_`, `-`), so no encoding is
 /// needed.
@@ -371,19 +481,6 @@ async fn run(
         Duration::from_secs(target.duration_secs),
     )
     .await;
-    println!(
-        "{name}: concurrency {} connections {connections} duration {} s: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {} ok, {} errors",
-        target.concurrency,
-        target.duration_secs,
-        report.per_second(),
-        report.percentile_ms(50.0),
-        report.percentile_ms(99.0),
-        report.percentile_ms(100.0),
-        report.ok,
-        report.errors,
-    );
-    if let Some(sample) = &report.first_error {
-        println!("{name}: first error: {sample}");
-    }
+    report.print(name, target.concurrency, connections);
     Ok(())
 }

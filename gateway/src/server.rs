@@ -321,6 +321,13 @@ impl Server {
             let _ = task.await;
         }
         self.state.relay_stop.send_replace(true);
+        // Final statuses wait in the task writer's queue; written now, they
+        // keep finished tasks from running again after the restart.
+        if let Some(store) = self.state.tasks.store() {
+            if let Err(error) = store.flush().await {
+                warn!(%error, "cannot write the last task statuses; those tasks run again after the restart");
+            }
+        }
         self.state.telemetry.shutdown().await;
         // Relays and sessions drop their handles as they end. The store closes
         // with the last one, so a restart in the same process can open it again.

@@ -5,6 +5,7 @@ mod key_locks;
 mod recover;
 mod store;
 mod table;
+mod writer;
 
 pub use gates::{AgentGate, AgentGates};
 pub use key_locks::KeyLocks;

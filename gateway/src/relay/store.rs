@@ -19,6 +19,7 @@ use ring::digest;
 use serde::{Deserialize, Serialize};
 
 use super::table::TaskView;
+use super::writer::GroupWriter;
 
 const TASK: &[u8] = b"t\0";
 const PAYLOAD: &[u8] = b"p\0";
@@ -64,17 +65,22 @@ pub struct LoadedTask {
 #[derive(Clone)]
 pub struct TaskStore {
     store: Arc<dyn KvStore>,
+    /// Applies the writes of accepted and finished tasks in groups.
+    writer: Arc<GroupWriter>,
 }
 
 impl TaskStore {
+    /// Opens the task store on `store` and starts its writer thread.
     pub fn new(store: Arc<dyn KvStore>) -> TaskStore {
-        TaskStore { store }
+        TaskStore {
+            writer: Arc::new(GroupWriter::start(store.clone())),
+            store,
+        }
     }
 
     /// Writes a newly accepted task, its payload and its idempotency entry in
-    /// one synced batch. Concurrent calls share a disk sync (RocksDB groups
-    /// concurrent synced writes).
-    pub fn accept(
+    /// one synced batch. Concurrent calls share one batch and one disk sync.
+    pub async fn accept(
         &self,
         task: &StoredTask,
         payload: &[u8],
@@ -90,7 +96,13 @@ impl TaskStore {
                 serde_json::to_vec(entry).expect("idempotency entries serialize"),
             );
         }
-        self.store.write(batch)?;
+        self.writer.write(batch).await?;
+        Ok(())
+    }
+
+    /// Returns once every write queued before the call is on disk.
+    pub async fn flush(&self) -> Result<(), TaskStoreError> {
+        self.writer.write(WriteBatch::default()).await?;
         Ok(())
     }
 
@@ -101,7 +113,7 @@ impl TaskStore {
     pub fn update(&self, task: &StoredTask) -> Result<(), TaskStoreError> {
         let mut batch = WriteBatch::default();
         batch.put(Space::Tasks, task_key(&task.view.id), to_json(task));
-        self.store.write_unsynced(batch)?;
+        self.writer.write_unsynced(batch)?;
         Ok(())
     }
 
@@ -173,7 +185,7 @@ impl TaskStore {
             batch.delete(Space::Tasks, task_key(id));
             batch.delete(Space::Tasks, payload_key(id));
         }
-        self.store.write_unsynced(batch)?;
+        self.writer.write_unsynced(batch)?;
         Ok(())
     }
 
@@ -284,8 +296,8 @@ mod tests {
         TaskStore::new(Arc::new(MemStore::new()))
     }
 
-    #[test]
-    fn accepted_tasks_load_with_payload_and_status() {
+    #[tokio::test]
+    async fn accepted_tasks_load_with_payload_and_status() {
         let tasks = store();
         let entry = IdempotencyEntry {
             task_id: "tsk_1".into(),
@@ -294,11 +306,16 @@ mod tests {
         };
         tasks
             .accept(&stored("tsk_1", Some("k-1")), b"{\"n\":1}", Some(&entry))
+            .await
             .unwrap();
-        tasks.accept(&stored("tsk_2", None), b"2", None).unwrap();
+        tasks
+            .accept(&stored("tsk_2", None), b"2", None)
+            .await
+            .unwrap();
         let mut finished = stored("tsk_2", None);
         finished.view.status = TaskStatus::Succeeded;
         tasks.update(&finished).unwrap();
+        tasks.flush().await.unwrap();
 
         let mut loaded = tasks.load_all().unwrap();
         loaded.sort_by(|a, b| a.stored.view.id.cmp(&b.stored.view.id));
@@ -314,12 +331,13 @@ mod tests {
         assert_eq!(tasks.idempotency("acme", "agt_2", "k-1").unwrap(), None);
 
         tasks.remove(&["tsk_1".to_owned()]).unwrap();
+        tasks.flush().await.unwrap();
         assert!(tasks.get("tsk_1").unwrap().is_none());
         assert_eq!(tasks.load_all().unwrap().len(), 1);
     }
 
-    #[test]
-    fn idempotency_entries_expire_by_creation_time() {
+    #[tokio::test]
+    async fn idempotency_entries_expire_by_creation_time() {
         let tasks = store();
         for (id, key, created) in [("tsk_1", "old", 10), ("tsk_2", "new", 20)] {
             let entry = IdempotencyEntry {
@@ -329,6 +347,7 @@ mod tests {
             };
             tasks
                 .accept(&stored(id, Some(key)), b"1", Some(&entry))
+                .await
                 .unwrap();
         }
         assert_eq!(tasks.expire_idempotency(15).unwrap(), 1);

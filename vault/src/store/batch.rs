@@ -43,6 +43,11 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 
+    /// Adds the operations of `other` after those of this batch.
+    pub fn append(&mut self, other: WriteBatch) {
+        self.ops.extend(other.ops);
+    }
+
     /// Number of operations.
     pub fn len(&self) -> usize {
         self.ops.len()

@@ -6,7 +6,7 @@ use super::Space;
 
 /// A failed store operation. Messages name the store, the operation, the space
 /// and the backend's own message.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the store at {path}: another process has it open (RocksDB holds its LOCK file); stop that process or use another data folder (RocksDB: {message})")]
     Locked { path: PathBuf, message: String },

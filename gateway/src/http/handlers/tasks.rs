@@ -10,7 +10,6 @@ use serde::Deserialize;
 use tracing::debug;
 
 use super::agents::find_agent;
-use super::blocking;
 use crate::directory::AgentRecord;
 use crate::http::body::{json_response, read_json, Response};
 use crate::http::problem::ApiError;
@@ -195,9 +194,9 @@ pub async fn submit(
         created_at_ms: view.created_at_ms,
     });
     if let Some(store) = state.tasks.store().cloned() {
-        let stored_payload = payload.clone();
-        blocking(move || store.accept(&stored, &stored_payload, entry.as_ref()))
-            .await?
+        store
+            .accept(&stored, &payload, entry.as_ref())
+            .await
             .map_err(|e| task_store_error(&e))?;
     }
     spawn_task(

@@ -2,10 +2,10 @@
 # Starts `keygate dev`, the reference agent, nginx and nats-server on
 # loopback. Then runs the relay, secret-resolution, hosted-secret read and
 # write load generators at each concurrency level. The relay load also runs
-# as TLS request/reply through nats-server (with a responder process in the
-# agent's place) and against nginx's static file, and the read load against
-# nginx serving the same response body as a static file; the script prints
-# the ratios for each level.
+# as TLS request/reply through nats-server, with a responder process in the
+# agent's place, and against nginx's static file. The read load also runs
+# against nginx serving the same response body as a static file. The script
+# prints the ratios for each level.
 #
 # Usage: benches/run.sh [DURATION_SECS] [CONCURRENCY...]
 #   defaults: 10 s at concurrency 1 16 64

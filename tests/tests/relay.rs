@@ -420,3 +420,45 @@ async fn result_larger_than_a_frame_arrives_whole() {
     assert!(data.bytes().all(|b| b == b'a'));
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_task_waits_for_the_result() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let agent = server.start_agent(&creds, 2).await;
+    let (status, body) = server
+        .submit(
+            &creds.id,
+            json!({"kind": "sleep", "payload": {"ms": 300}, "wait_ms": 0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let task_id = body["id"].as_str().unwrap().to_owned();
+
+    let (status, _, view) = server
+        .api()
+        .request(
+            Method::GET,
+            &format!("/v1/tasks/{task_id}?wait_ms=10000"),
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["status"], "succeeded", "{view}");
+    assert_eq!(view["result"], json!({"slept_ms": 300}));
+
+    let (status, _, problem) = server
+        .api()
+        .request(
+            Method::GET,
+            &format!("/v1/tasks/{task_id}?wait_ms=soon"),
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(problem["type"], "urn:keygate:problem:invalid-query");
+    assert!(problem["detail"].as_str().unwrap().contains("\"soon\""));
+    agent.stop().await;
+}

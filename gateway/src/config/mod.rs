@@ -218,7 +218,8 @@ pub struct GatewayConfig {
     pub max_result_bytes: usize,
     /// Longest `timeout_ms` a task may ask for.
     pub max_task_timeout_ms: u64,
-    /// Maximum time a submit call waits for the result before it returns 202.
+    /// Maximum time a submit call waits for the result before it returns 202,
+    /// and a task read with `wait_ms` waits for the task to end.
     pub max_wait_ms: u64,
     /// Tasks waiting for a free slot on one agent before submissions get 429.
     pub max_queued_tasks_per_agent: usize,

@@ -408,15 +408,40 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let principal = authenticate(state, conn, req.headers()).await?;
     require_scope(&principal, Scope::TasksWrite)?;
-    let view = state
+    let wait_ms = wait_query(&req)?.min(state.config.gateway.max_wait_ms);
+    let not_found = || {
+        ApiError::not_found(format!(
+            "task {task_id} does not exist or its result has expired"
+        ))
+    };
+    let mut view = state
         .tasks
         .get(&principal.account, task_id)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "task {task_id} does not exist or its result has expired"
-            ))
-        })?;
+        .ok_or_else(not_found)?;
+    if wait_ms > 0 && !view.status.is_final() {
+        view = state
+            .tasks
+            .wait(task_id, Duration::from_millis(wait_ms))
+            .await
+            .ok_or_else(not_found)?;
+    }
     Ok(json_response(StatusCode::OK, &view))
+}
+
+/// Reads `?wait_ms=N`, the time a read waits for the task to finish; 0 without it.
+fn wait_query(req: &http::Request<Incoming>) -> Result<u64, ApiError> {
+    let mut wait_ms = 0;
+    for (key, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        if key == "wait_ms" {
+            wait_ms = value.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid-query",
+                    format!("wait_ms {value:?} is not a whole number of milliseconds"),
+                )
+            })?;
+        }
+    }
+    Ok(wait_ms)
 }
 
 /// 200 with the result, 202 while it runs, or the error status of a relay failure.

@@ -85,18 +85,8 @@ struct NatsResponderArgs {
 struct NatsRequestArgs {
     #[command(flatten)]
     server: NatsServer,
-    /// Concurrent workers, each with one request in flight.
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
-    /// Connections the workers share; default: one per 16 workers, at least one.
-    #[arg(long)]
-    connections: Option<usize>,
-    /// Length of the measured run, in seconds (at most 300).
-    #[arg(long, default_value_t = 10)]
-    duration_secs: u64,
-    /// Unmeasured warm-up before the run, in seconds.
-    #[arg(long, default_value_t = 2)]
-    warmup_secs: u64,
+    #[command(flatten)]
+    load: LoadShape,
     /// Request payload size in bytes, as in `relay`: the same JSON submission body.
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
@@ -166,10 +156,17 @@ struct Target {
     /// File holding the bearer token.
     #[arg(long)]
     token_file: PathBuf,
+    #[command(flatten)]
+    load: LoadShape,
+}
+
+/// The closed loop's size and length, shared by the HTTP and NATS loads.
+#[derive(Args)]
+struct LoadShape {
     /// Concurrent workers, each with one request in flight.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// HTTP/2 connections the workers share; default: one per 16 workers, at least one.
+    /// Connections the workers share; default: one per 16 workers, at least one.
     #[arg(long)]
     connections: Option<usize>,
     /// Length of the measured run, in seconds (at most 300).
@@ -178,6 +175,28 @@ struct Target {
     /// Unmeasured warm-up before the run, in seconds.
     #[arg(long, default_value_t = 2)]
     warmup_secs: u64,
+}
+
+impl LoadShape {
+    /// Checks the bounds and returns the number of connections to open.
+    fn connections(&self) -> Result<usize, String> {
+        if self.concurrency == 0 || self.concurrency > 4096 {
+            return Err(format!(
+                "--concurrency {} must be between 1 and 4096",
+                self.concurrency
+            ));
+        }
+        if self.duration_secs == 0 || self.duration_secs > 300 {
+            return Err(format!(
+                "--duration-secs {} must be between 1 and 300",
+                self.duration_secs
+            ));
+        }
+        Ok(self
+            .connections
+            .unwrap_or(self.concurrency.div_ceil(16))
+            .clamp(1, self.concurrency))
+    }
 }
 
 #[derive(Args)]
@@ -381,32 +400,17 @@ async fn nats_request(args: NatsRequestArgs) -> Result<(), String> {
             args.server.nats
         ));
     }
-    if args.concurrency == 0 || args.concurrency > 4096 {
-        return Err(format!(
-            "--concurrency {} must be between 1 and 4096",
-            args.concurrency
-        ));
-    }
-    if args.duration_secs == 0 || args.duration_secs > 300 {
-        return Err(format!(
-            "--duration-secs {} must be between 1 and 300",
-            args.duration_secs
-        ));
-    }
-    let connections = args
-        .connections
-        .unwrap_or(args.concurrency.div_ceil(16))
-        .clamp(1, args.concurrency);
+    let connections = args.load.connections()?;
     let plan = nats::RequestPlan {
         subject: args.server.subject,
         payload: relay_body(args.payload_bytes),
-        concurrency: args.concurrency,
+        concurrency: args.load.concurrency,
         connections,
-        warmup: Duration::from_secs(args.warmup_secs),
-        duration: Duration::from_secs(args.duration_secs),
+        warmup: Duration::from_secs(args.load.warmup_secs),
+        duration: Duration::from_secs(args.load.duration_secs),
     };
     let report = nats::request(args.server.nats, &args.server.ca, plan).await?;
-    report.print("nats", args.concurrency, connections);
+    report.print("nats", args.load.concurrency, connections);
     Ok(())
 }
 
@@ -441,18 +445,7 @@ async fn run(
             target.api
         ));
     }
-    if target.concurrency == 0 || target.concurrency > 4096 {
-        return Err(format!(
-            "--concurrency {} must be between 1 and 4096",
-            target.concurrency
-        ));
-    }
-    if target.duration_secs == 0 || target.duration_secs > 300 {
-        return Err(format!(
-            "--duration-secs {} must be between 1 and 300",
-            target.duration_secs
-        ));
-    }
+    let connections = target.load.connections()?;
     let token = std::fs::read_to_string(&target.token_file)
         .map_err(|e| {
             format!(
@@ -462,10 +455,6 @@ async fn run(
         })?
         .trim()
         .to_owned();
-    let connections = target
-        .connections
-        .unwrap_or(target.concurrency.div_ceil(16))
-        .max(1);
     let senders = client::connect_all(target.api, &target.ca, connections).await?;
     let request = load::RequestTemplate {
         method,
@@ -476,11 +465,11 @@ async fn run(
     let report = load::run(
         senders,
         request,
-        target.concurrency,
-        Duration::from_secs(target.warmup_secs),
-        Duration::from_secs(target.duration_secs),
+        target.load.concurrency,
+        Duration::from_secs(target.load.warmup_secs),
+        Duration::from_secs(target.load.duration_secs),
     )
     .await;
-    report.print(name, target.concurrency, connections);
+    report.print(name, target.load.concurrency, connections);
     Ok(())
 }

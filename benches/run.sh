@@ -147,20 +147,22 @@ tls {
     key_file: "$data/tls/server-key.pem"
 }
 NATS
+    # Waits up to 10 s for PATTERN in FILE; exits with the file shown otherwise.
+    wait_for_line() {
+        for _ in $(seq 1 100); do
+            grep -q "$2" "$1" && return 0
+            sleep 0.1
+        done
+        echo "$3 did not start:" >&2
+        cat "$1" >&2
+        exit 1
+    }
     nats-server -c "$work/nats.conf" >"$work/nats.log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 1 100); do
-        grep -q "Server is ready" "$work/nats.log" && break
-        sleep 0.1
-    done
-    grep -q "Server is ready" "$work/nats.log" || { echo "nats-server did not start:" >&2; cat "$work/nats.log" >&2; exit 1; }
+    wait_for_line "$work/nats.log" "Server is ready" nats-server
     "$bench" nats-responder --nats "$nats_addr" --ca "$data/tls/ca.pem" --duration-secs 3600 >"$work/responder.out" 2>&1 &
     pids+=($!)
-    for _ in $(seq 1 100); do
-        grep -q "subscribed" "$work/responder.out" && break
-        sleep 0.1
-    done
-    grep -q "subscribed" "$work/responder.out" || { echo "the NATS responder did not start:" >&2; cat "$work/responder.out" >&2; exit 1; }
+    wait_for_line "$work/responder.out" "subscribed" "the NATS responder"
 fi
 
 audit_records() {

@@ -53,7 +53,7 @@ enum Command {
     Sessions(SessionsArgs),
     /// Serve a fixed HashiCorp Vault KV v2 secret on loopback for a bounded time.
     KvServer(KvServerArgs),
-    /// Answer NATS requests with their own payload, on one connection to nats-server, for a bounded time.
+    /// Reply to NATS requests with their own payload, on one connection to nats-server, for a bounded time.
     NatsResponder(NatsResponderArgs),
     /// Send NATS requests through nats-server and wait for each reply (the relay's baseline).
     NatsRequest(NatsRequestArgs),
@@ -76,7 +76,7 @@ struct NatsServer {
 struct NatsResponderArgs {
     #[command(flatten)]
     server: NatsServer,
-    /// How long to answer, in seconds (at most 3600).
+    /// How long to reply, in seconds (at most 3600).
     #[arg(long, default_value_t = 600)]
     duration_secs: u64,
 }

@@ -308,24 +308,39 @@ impl AuditLog {
     }
 
     /// Stores the record of a read on the calling thread and returns its
-    /// sequence number. Call it only when [`AuditLog::appends_inline`] is true
-    /// for the event's operation; other events go through [`AuditLog::submit`].
-    ///
-    /// The record is chained under the same lock as the writer's batches and
-    /// stored without waiting for the disk; the writer thread syncs it within
-    /// [`UNSYNCED_READS_MAX_MS`]. This takes microseconds, where a hand-off to
-    /// the writer thread and back costs two thread wake-ups.
+    /// sequence number; [`AuditLog::append_reads`] with one event.
     pub fn append_read(&self, event: AuditEvent) -> Result<u64, AuditError> {
-        debug_assert!(self.appends_inline(event.operation));
+        self.append_reads(vec![event])
+    }
+
+    /// Stores the records of reads on the calling thread, in one batch and in
+    /// the order given, and returns the sequence number of the first; the
+    /// others follow it. Call it only when [`AuditLog::appends_inline`] is
+    /// true for every event's operation; other events go through
+    /// [`AuditLog::submit`].
+    ///
+    /// The records are chained under the same lock as the writer's batches
+    /// and stored without waiting for the disk; the writer thread syncs them
+    /// within [`UNSYNCED_READS_MAX_MS`]. This takes microseconds, where a
+    /// hand-off to the writer thread and back costs two thread wake-ups.
+    pub fn append_reads(&self, events: Vec<AuditEvent>) -> Result<u64, AuditError> {
+        debug_assert!(events
+            .iter()
+            .all(|event| self.appends_inline(event.operation)));
         let mut head = self.shared.lock_head();
-        let seq = head.seq + 1;
-        let record = AuditRecord::new(seq, writer::now_ms(), event.bounded(), &head.hash);
-        let next = ChainHead {
-            seq,
-            hash: record.hash.clone(),
-        };
+        let first = head.seq + 1;
+        if events.is_empty() {
+            return Ok(first);
+        }
+        let time_ms = writer::now_ms();
         let mut batch = WriteBatch::default();
-        batch.put(Space::Audit, seq_key(seq), record.to_json());
+        let mut next = head.clone();
+        for event in events {
+            next.seq += 1;
+            let record = AuditRecord::new(next.seq, time_ms, event.bounded(), &next.hash);
+            batch.put(Space::Audit, seq_key(next.seq), record.to_json());
+            next.hash = record.hash;
+        }
         batch.put(Space::Meta, HEAD_KEY, head_value(&next));
         match self.store.write_unsynced(batch) {
             Ok(()) => {
@@ -335,7 +350,7 @@ impl AuditLog {
                 if let Some(cause) = self.shared.set_failure(None) {
                     tracing::info!(previous_cause = %cause, "audit log writes succeed again");
                 }
-                Ok(seq)
+                Ok(first)
             }
             Err(error) => {
                 drop(head);

@@ -1117,6 +1117,49 @@ fn unsynced_reads_append_inline_and_chain_with_changes() {
 }
 
 #[test]
+fn reads_appended_together_are_numbered_and_chained_in_order() {
+    let store = Arc::new(MemStore::new());
+    let log = AuditLog::start_with(
+        store.clone(),
+        None,
+        AuditOptions {
+            sync_reads: false,
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        log.append_read(event("a", AuditOutcome::Success)).unwrap(),
+        1
+    );
+    let together = ["b", "c", "d"].map(|name| event(name, AuditOutcome::Success));
+    assert_eq!(log.append_reads(together.to_vec()).unwrap(), 2);
+    assert_eq!(
+        log.append_reads(Vec::new()).unwrap(),
+        5,
+        "nothing is written"
+    );
+    assert_eq!(
+        log.append_read(event("e", AuditOutcome::Denied)).unwrap(),
+        5
+    );
+
+    let records = stored_records(store.as_ref());
+    let names: Vec<&str> = records.iter().map(|r| r.secret.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c", "d", "e"]);
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let report = verify(store.as_ref());
+    assert_eq!(report.checked, 5);
+    assert!(report.problem.is_none(), "{:?}", report.problem);
+    let head = read_head(store.as_ref()).unwrap().unwrap();
+    assert_eq!(
+        (head.seq, head.hash.as_str()),
+        (5, records[4].hash.as_str())
+    );
+}
+
+#[test]
 fn synced_reads_and_files_never_append_inline() {
     let store = Arc::new(MemStore::new());
     let synced = start(&store);

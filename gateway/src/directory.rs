@@ -292,7 +292,13 @@ pub fn random_hex(bytes: usize) -> String {
     ring::rand::SystemRandom::new()
         .fill(&mut buf)
         .expect("the system random source failed");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes * 2);
+    for byte in buf {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ pub mod body;
 mod handlers;
 pub mod openapi;
 pub mod problem;
+pub mod request_id;
 pub mod router;
 
 use std::net::SocketAddr;
@@ -35,7 +36,7 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     mut req: http::Request<Incoming>,
 ) -> Result<Response, std::convert::Infallible> {
-    let request_id = crate::directory::random_hex(8);
+    let request_id = request_id::next();
     req.extensions_mut()
         .insert(crate::audit::RequestId(request_id.clone()));
     let method = req.method().clone();

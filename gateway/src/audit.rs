@@ -6,9 +6,15 @@
 //! anything changes and a second record with the outcome afterwards
 //! ([`AuditedChange`]). When a record cannot be written, the access is
 //! refused with 503.
+//!
+//! While records of reads are not synced, the reads that run at the same
+//! moment store their records together: the first one queued lets the other
+//! ready requests run, then stores every queued record in one batch and
+//! answers each request. A read while no other API request is in flight
+//! stores its record at once.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::StatusCode;
 use keygate_auth::Principal;
@@ -97,6 +103,8 @@ fn request_id<B>(req: &http::Request<B>) -> String {
 /// events in flight, and the metrics.
 pub struct Audit {
     log: AuditLog,
+    /// Records of reads waiting to be stored together.
+    reads: Mutex<ReadQueue>,
     /// One permit per event submitted and not yet acknowledged. There are
     /// as many permits as the writer's queue has places, so submitting never
     /// blocks an async worker; callers wait here instead.
@@ -130,6 +138,7 @@ impl Audit {
         Ok(Audit {
             permits: Arc::new(Semaphore::new(log.queue_capacity())),
             log,
+            reads: Mutex::default(),
             metrics,
         })
     }
@@ -137,15 +146,11 @@ impl Audit {
     /// Appends `event` and waits until it is stored; returns its sequence number.
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
         if self.log.appends_inline(event.operation) {
-            let result = self.log.append_read(event);
-            self.metrics.observe(&match &result {
-                Ok(_) => BatchOutcome::Written { records: 1 },
-                Err(error) => BatchOutcome::Failed {
-                    records: 1,
-                    cause: error.to_string(),
-                },
-            });
-            return result;
+            // A request that runs alone does not wait for others to join its
+            // batch: there are none, and yielding only made the async
+            // workers wake each other.
+            let gather = crate::http::api_requests_in_flight() > 1;
+            return self.append_read(event, gather).await;
         }
         let permit = self
             .permits
@@ -160,6 +165,31 @@ impl Audit {
             drop(permit);
             let _ = sender.send(result);
         });
+        receiver.await.unwrap_or(Err(AuditError::Stopped))
+    }
+
+    /// Queues the record of a read and waits until the batch holding it is
+    /// stored. The request that finds no batch being gathered leads one; with
+    /// `gather`, it yields once before it stores the batch.
+    async fn append_read(&self, event: AuditEvent, gather: bool) -> Result<u64, AuditError> {
+        let (sender, receiver) = oneshot::channel();
+        let lead = {
+            let mut queue = lock(&self.reads);
+            queue.waiting.push((event, sender));
+            !std::mem::replace(&mut queue.gathering, true)
+        };
+        if lead {
+            // The guard stores the batch when dropped, also when this request
+            // is dropped while it waits.
+            let batch = StoreOnDrop(self);
+            // Yielding once lets the requests that are ready on this worker
+            // queue their records first.
+            if gather {
+                tokio::task::yield_now().await;
+            }
+            drop(batch);
+        }
+        // Without an answer, the batch's leader panicked; the read is refused.
         receiver.await.unwrap_or(Err(AuditError::Stopped))
     }
 
@@ -187,6 +217,64 @@ impl Audit {
         metrics.register(Box::new(self.metrics.failures.clone()));
         metrics.register(Box::new(self.metrics.batch_size.clone()));
         metrics.register(Box::new(self.metrics.failing.clone()));
+    }
+}
+
+/// Records of reads queued by [`Audit::append`], and whether a request
+/// leads the batch they join.
+#[derive(Default)]
+struct ReadQueue {
+    waiting: Vec<(AuditEvent, oneshot::Sender<Result<u64, AuditError>>)>,
+    gathering: bool,
+}
+
+/// Stores the queued records of reads when dropped.
+struct StoreOnDrop<'a>(&'a Audit);
+
+impl Drop for StoreOnDrop<'_> {
+    fn drop(&mut self) {
+        store_reads(&self.0.log, &self.0.reads, &self.0.metrics);
+    }
+}
+
+fn lock(queue: &Mutex<ReadQueue>) -> std::sync::MutexGuard<'_, ReadQueue> {
+    queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Stores every queued record of a read in one batch and answers each
+/// waiting request with its sequence number or the failure.
+fn store_reads(log: &AuditLog, reads: &Mutex<ReadQueue>, metrics: &AuditMetrics) {
+    let waiting = {
+        let mut queue = lock(reads);
+        queue.gathering = false;
+        std::mem::take(&mut queue.waiting)
+    };
+    let records = waiting.len();
+    let (events, senders): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
+    match log.append_reads(events) {
+        Ok(first) => {
+            metrics.observe(&BatchOutcome::Written { records });
+            for (seq, sender) in (first..).zip(senders) {
+                let _ = sender.send(Ok(seq));
+            }
+        }
+        Err(error) => {
+            metrics.observe(&BatchOutcome::Failed {
+                records,
+                cause: error.to_string(),
+            });
+            let cause = match error {
+                AuditError::Unavailable { cause } => cause,
+                other => other.to_string(),
+            };
+            for sender in senders {
+                let _ = sender.send(Err(AuditError::Unavailable {
+                    cause: cause.clone(),
+                }));
+            }
+        }
     }
 }
 
@@ -392,4 +480,87 @@ pub fn unavailable(error: &AuditError) -> ApiError {
         "audit-unavailable",
         format!("audit log unavailable: {error}; the access was refused"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use keygate_vault::{MemStore, Space};
+
+    use super::*;
+
+    fn read_event(secret: &str) -> AuditEvent {
+        let ctx = AuditContext {
+            request_id: format!("req-{secret}"),
+            actor: "runner".into(),
+            account: "acme".into(),
+            project: "etl".into(),
+        };
+        ctx.event(secret, Some(1), AuditOp::ReadValue, AuditOutcome::Success)
+    }
+
+    fn stored_secrets(store: &MemStore) -> Vec<String> {
+        store
+            .scan_prefix(Space::Audit, b"", None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, value)| {
+                let record: serde_json::Value = serde_json::from_slice(&value).unwrap();
+                record["secret"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_dropped_leader_still_stores_the_batch_it_gathered() {
+        let store = Arc::new(MemStore::new());
+        let audit = Audit::start(store.clone(), None, None, false).unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+
+        let mut leader = Box::pin(audit.append_read(read_event("a"), true));
+        assert!(
+            leader.as_mut().poll(&mut cx).is_pending(),
+            "the leader yields"
+        );
+        let mut follower = pin!(audit.append_read(read_event("b"), true));
+        assert!(
+            follower.as_mut().poll(&mut cx).is_pending(),
+            "b waits for the batch"
+        );
+        assert!(stored_secrets(&store).is_empty());
+
+        // A request dropped while it gathers, such as when its client goes away.
+        drop(leader);
+        assert_eq!(stored_secrets(&store), ["a", "b"]);
+        assert!(matches!(
+            follower.as_mut().poll(&mut cx),
+            Poll::Ready(Ok(2))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_reads_get_distinct_sequence_numbers() {
+        let store = Arc::new(MemStore::new());
+        let audit = Arc::new(Audit::start(store.clone(), None, None, false).unwrap());
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let audit = audit.clone();
+                tokio::spawn(
+                    async move { audit.append_read(read_event(&i.to_string()), true).await },
+                )
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for task in tasks {
+            seqs.push(task.await.unwrap().unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+        assert_eq!(stored_secrets(&store).len(), 40);
+        let report = keygate_vault::audit::verify_store(store.as_ref(), &mut |_| {}).unwrap();
+        assert!(report.problem.is_none(), "{:?}", report.problem);
+    }
 }

@@ -501,3 +501,51 @@ async fn audit_metrics_count_records() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resolutions_get_one_chained_record_each() {
+    let server = TestServer::start().await;
+    put_secret(&server);
+    put_definition(&server, "warehouse-def").await;
+    let token = runner_token(&server);
+    let before = records(&server).len();
+
+    let resolutions: Vec<_> = (0..48)
+        .map(|_| {
+            let api = server.api();
+            let token = token.clone();
+            tokio::spawn(async move {
+                api.request(
+                    Method::GET,
+                    "/v1/projects/etl/secret-definitions/warehouse-def/value",
+                    Some(&token),
+                    None,
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for resolution in resolutions {
+        let (status, headers, body) = resolution.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        ids.push(request_id(&headers));
+    }
+
+    let all = records(&server);
+    assert_eq!(all.len(), before + ids.len());
+    for id in &ids {
+        assert_eq!(records_of(&server, id).len(), 1, "request {id}");
+    }
+    for (index, record) in all.iter().enumerate() {
+        assert_eq!(record["seq"], index as u64 + 1);
+        if index > 0 {
+            assert_eq!(
+                record["prev_hash"],
+                all[index - 1]["hash"],
+                "record {}",
+                index + 1
+            );
+        }
+    }
+}

@@ -8,6 +8,7 @@ pub mod request_id;
 pub mod router;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
@@ -30,12 +31,41 @@ pub struct ConnInfo {
     pub client: Option<ClientIdentity>,
 }
 
+/// Requests on API listeners whose handler has not returned yet. Agent
+/// sessions, which last for hours, are on the agent listener.
+static API_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Returns how many API requests are being handled at this moment, the
+/// caller's included.
+pub fn api_requests_in_flight() -> usize {
+    API_IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// Counts an API request in [`API_IN_FLIGHT`] while it lives.
+struct InFlight;
+
+impl InFlight {
+    fn start(listener: ListenerKind) -> Option<InFlight> {
+        (listener == ListenerKind::Api).then(|| {
+            API_IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+            InFlight
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        API_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves one request: routes it, runs its handler, and turns errors into problem documents.
 pub async fn handle(
     state: SharedState,
     conn: Arc<ConnInfo>,
     mut req: http::Request<Incoming>,
 ) -> Result<Response, std::convert::Infallible> {
+    let _in_flight = InFlight::start(conn.listener);
     let request_id = request_id::next();
     req.extensions_mut()
         .insert(crate::audit::RequestId(request_id.clone()));

@@ -12,7 +12,10 @@
 # Ports: KEYGATE_BENCH_PORT_BASE (default 17000) + 443 / 1443 / 2464 / 3443 (nginx) / 4222 (nats-server).
 # The comparison table is also written to KEYGATE_BENCH_RESULTS (default
 # $CARGO_TARGET_DIR/release/bench-results.md).
-# KEYGATE_BENCH_SCENARIOS picks scenarios (default: relay secrets read write verify).
+# KEYGATE_BENCH_SCENARIOS picks scenarios (default: relay secrets read write verify;
+# `floor` adds keygate's unauthenticated key set against nginx serving the same bytes).
+# KEYGATE_BENCH_SERVER_ENV: NAME=VALUE pairs added to the server's environment,
+# such as TOKIO_WORKER_THREADS=1.
 # Everything runs on 127.0.0.1 and is stopped by PID when the script exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +56,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$keygate" dev --data-dir "$data" --agent-addr "$agent_addr" --api-addr "$api_addr" --ops-addr "$ops_addr" \
+env ${KEYGATE_BENCH_SERVER_ENV:-} "$keygate" dev --data-dir "$data" --agent-addr "$agent_addr" --api-addr "$api_addr" --ops-addr "$ops_addr" \
     --log-filter warn >"$work/server.out" 2>"$work/server.err" &
 pids+=($!)
 for _ in $(seq 1 100); do
@@ -224,6 +227,26 @@ wanted read && for c in "${levels[@]}"; do
     table+="
 | $c | $connections | $kg_rate | $kg_p99 | $ng_rate | $ng_p99 | $ratio | $(errors_of "$kg"), $(errors_of "$ng") |"
 done
+# The floor of the HTTP stack: keygate's key set, which needs no token and
+# no store, against nginx serving the same bytes. The gap between this ratio
+# and the read's is the cost of a read's own work.
+floor_table="| concurrency | connections | keygate key set/s | keygate p99 | nginx static/s | nginx p99 | keygate/nginx | errors (keygate, nginx) |
+|---|---|---|---|---|---|---|---|"
+if wanted floor; then
+    curl -sf --cacert "$data/tls/ca.pem" -o "$work/www/jwks.json" "https://$api_addr/.well-known/jwks.json"
+    chmod 644 "$work/www/jwks.json"
+    echo "key set: $(wc -c <"$work/www/jwks.json")-byte response body; nginx serves the same bytes"
+fi
+wanted floor && for c in "${levels[@]}"; do
+    kg=$("$bench" static --api "$api_addr" --ca "$data/tls/ca.pem" --token-file "$work/runner.token" \
+        --path /.well-known/jwks.json --concurrency "$c" --duration-secs "$duration")
+    echo "$kg"
+    ng=$("$bench" static --api "$nginx_addr" --ca "$data/tls/ca.pem" --token-file "$work/runner.token" \
+        --path /jwks.json --concurrency "$c" --duration-secs "$duration")
+    echo "$ng"
+    floor_table+="
+| $c | $(sed -n 's/.* connections \([0-9]*\) .*/\1/p' <<<"$kg") | $(rate_of "$kg") | $(p99_of "$kg") | $(rate_of "$ng") | $(p99_of "$ng") | $(ratio "$(rate_of "$kg")" "$(rate_of "$ng")") | $(errors_of "$kg"), $(errors_of "$ng") |"
+done
 wanted write && for c in "${levels[@]}"; do
     "$bench" write --api "$api_addr" --ca "$data/tls/ca.pem" --token-file "$admin_file" \
         --concurrency "$c" --duration-secs "$duration"
@@ -233,7 +256,8 @@ echo "load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 {
     if wanted relay; then echo "$relay_table"; echo; fi
-    if wanted read; then echo "$table"; fi
+    if wanted read; then echo "$table"; echo; fi
+    if wanted floor; then echo "$floor_table"; fi
 } | tee "$results"
 echo "(table written to $results)"
 server_rss=$(awk '/VmRSS/ {print $2 " " $3}' "/proc/${pids[0]}/status")

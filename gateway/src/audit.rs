@@ -302,7 +302,7 @@ impl AuditMetrics {
             batch_size: Histogram::with_opts(
                 HistogramOpts::new(
                     "keygate_audit_batch_size",
-                    "Audit records written together in one synced batch.",
+                    "Audit records written together in one batch.",
                 )
                 .buckets(vec![
                     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,

@@ -10,8 +10,8 @@
 //! While records of reads are not synced, the reads that run at the same
 //! moment store their records together: the first one queued lets the other
 //! ready requests run, then stores every queued record in one batch and
-//! answers each request. A read while no other API request is in flight
-//! stores its record at once.
+//! sends each request its sequence number. A read while no other API
+//! request is in flight stores its record at once.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -147,7 +147,7 @@ impl Audit {
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
         if self.log.appends_inline(event.operation) {
             // A request that runs alone does not wait for others to join its
-            // batch: there are none, and yielding only made the async
+            // batch, because there are none and yielding only made the async
             // workers wake each other.
             let gather = crate::http::api_requests_in_flight() > 1;
             return self.append_read(event, gather).await;
@@ -189,7 +189,8 @@ impl Audit {
             }
             drop(batch);
         }
-        // Without an answer, the batch's leader panicked; the read is refused.
+        // A sender dropped unused means the batch's leader panicked, so the
+        // read is rejected.
         receiver.await.unwrap_or(Err(AuditError::Stopped))
     }
 
@@ -243,8 +244,8 @@ fn lock(queue: &Mutex<ReadQueue>) -> std::sync::MutexGuard<'_, ReadQueue> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Stores every queued record of a read in one batch and answers each
-/// waiting request with its sequence number or the failure.
+/// Stores every queued record of a read in one batch and sends each
+/// waiting request its sequence number or the failure.
 fn store_reads(log: &AuditLog, reads: &Mutex<ReadQueue>, metrics: &AuditMetrics) {
     let waiting = {
         let mut queue = lock(reads);
@@ -515,7 +516,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dropped_leader_still_stores_the_batch_it_gathered() {
+    async fn dropped_leader_stores_gathered_batch() {
         let store = Arc::new(MemStore::new());
         let audit = Audit::start(store.clone(), None, None, false).unwrap();
         let mut cx = Context::from_waker(Waker::noop());

@@ -314,9 +314,9 @@ impl AuditLog {
     }
 
     /// Stores the records of reads on the calling thread, in one batch and in
-    /// the order given, and returns the sequence number of the first; the
+    /// the order given, and returns the sequence number of the first. The
     /// others follow it. Call it only when [`AuditLog::appends_inline`] is
-    /// true for every event's operation; other events go through
+    /// true for every event's operation. Other events go through
     /// [`AuditLog::submit`].
     ///
     /// The records are chained under the same lock as the writer's batches

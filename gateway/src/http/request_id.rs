@@ -25,7 +25,7 @@ pub fn next() -> String {
     format!("{:016x}", mix(n))
 }
 
-/// The finalizer of SplitMix64: a bijection on u64 whose outputs for
+/// Applies the SplitMix64 finalizer, a bijection on u64 whose outputs for
 /// consecutive inputs look unrelated.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -81,7 +81,8 @@ mod tests {
         x
     }
 
-    /// The multiplicative inverse of an odd number modulo 2^64 (Newton's method).
+    /// Returns the multiplicative inverse of an odd number modulo 2^64, by
+    /// Newton's method.
     fn inverse(a: u64) -> u64 {
         let mut x = a;
         for _ in 0..6 {

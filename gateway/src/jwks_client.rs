@@ -1,7 +1,7 @@
 //! Fetching a trusted issuer's JWK set: one HTTP/1.1 GET over TLS, or over
 //! plain HTTP when the host is a loopback address.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::pin::pin;
 use std::time::Duration;
@@ -12,9 +12,9 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::outbound::{self, ConnectError};
 use crate::tls::{self, TlsError};
 
 /// Time one fetch may take, from name resolution to the end of the body.
@@ -176,12 +176,8 @@ pub enum JwksClientError {
 pub enum FetchError {
     #[error("timed out after {} s", FETCH_TIMEOUT.as_secs())]
     TimedOut,
-    #[error("cannot resolve {host}: {reason}")]
-    Resolve { host: String, reason: String },
-    #[error("{host} resolves to no loopback address, which plain http requires")]
-    NotLoopback { host: String },
-    #[error("connecting to {addr} failed: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("the TLS handshake failed: {0}")]
     Tls(String),
     #[error("the HTTP exchange failed: {0}")]
@@ -227,7 +223,7 @@ impl JwksClient {
     }
 
     async fn fetch_unbounded(&self) -> Result<Bytes, FetchError> {
-        let tcp = self.connect().await?;
+        let tcp = outbound::connect(&self.url.host, self.url.port, self.url.https).await?;
         let request = http::Request::get(self.url.path_and_query.as_str())
             .header(http::header::HOST, self.url.authority.as_str())
             .header(
@@ -252,38 +248,6 @@ impl JwksClient {
             }
             None => exchange(TokioIo::new(tcp), request).await,
         }
-    }
-
-    /// Resolves the host and connects to the first address that accepts;
-    /// for plain http, only loopback addresses are tried.
-    async fn connect(&self) -> Result<TcpStream, FetchError> {
-        let host = self.url.host.as_str();
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, self.url.port))
-            .await
-            .map_err(|e| FetchError::Resolve {
-                host: host.to_owned(),
-                reason: e.to_string(),
-            })?
-            .filter(|addr| self.url.https || addr.ip().is_loopback())
-            .collect();
-        let mut last_error = FetchError::NotLoopback {
-            host: host.to_owned(),
-        };
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    return Ok(stream);
-                }
-                Err(e) => {
-                    last_error = FetchError::Connect {
-                        addr,
-                        reason: e.to_string(),
-                    }
-                }
-            }
-        }
-        Err(last_error)
     }
 }
 
@@ -397,7 +361,9 @@ mod tests {
             .port();
         let client = JwksClient::new(&format!("http://127.0.0.1:{port}/jwks"), None).unwrap();
         match client.fetch().await {
-            Err(FetchError::Connect { addr, .. }) => assert_eq!(addr.port(), port),
+            Err(FetchError::Connect(ConnectError::Connect { addr, .. })) => {
+                assert_eq!(addr.port(), port)
+            }
             other => panic!("expected a connect error, got {other:?}"),
         }
     }

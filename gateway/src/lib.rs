@@ -20,6 +20,7 @@ mod listener;
 pub mod logging;
 pub mod master_key;
 pub mod metrics;
+pub mod outbound;
 pub mod pki;
 pub mod ratelimit;
 pub mod reencrypt;

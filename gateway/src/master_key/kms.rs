@@ -3,7 +3,6 @@
 //! and sent as one HTTP/1.1 request on a new connection, over TLS or, for a
 //! loopback host, plain HTTP.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::pin;
 use std::time::Duration;
@@ -16,12 +15,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
 
 use super::sigv4::{self, Credentials, Scope, Timestamp};
 use crate::jwks_client::OutboundUrl;
+use crate::outbound;
 use crate::tls::{self, TlsError};
 
 /// The encryption context of every master key keygate wraps. KMS binds it to
@@ -271,7 +270,10 @@ impl KmsClient {
     ) -> Result<Value, KmsError> {
         let request = self.signed_request(credentials, operation, &body);
         let exchange = async {
-            let tcp = self.connect().await?;
+            let endpoint = &self.endpoint;
+            let tcp = outbound::connect(&endpoint.host, endpoint.port, endpoint.https)
+                .await
+                .map_err(|e| self.unreachable(e.to_string()))?;
             match &self.tls {
                 Some(connector) => {
                     let name = ServerName::try_from(self.endpoint.host.clone())
@@ -356,32 +358,6 @@ impl KmsClient {
         builder
             .body(Full::new(Bytes::copy_from_slice(body)))
             .expect("the method, path and headers are valid")
-    }
-
-    /// Resolves the host and connects to the first address that accepts; for
-    /// plain http, only loopback addresses are tried.
-    async fn connect(&self) -> Result<TcpStream, KmsError> {
-        let host = self.endpoint.host.as_str();
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, self.endpoint.port))
-            .await
-            .map_err(|e| self.unreachable(format!("cannot resolve {host}: {e}")))?
-            .filter(|addr| self.endpoint.https || addr.ip().is_loopback())
-            .collect();
-        let mut last_error = self.unreachable(format!(
-            "{host} resolves to no loopback address, which plain http requires"
-        ));
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    return Ok(stream);
-                }
-                Err(e) => {
-                    last_error = self.unreachable(format!("connecting to {addr} failed: {e}"))
-                }
-            }
-        }
-        Err(last_error)
     }
 
     /// Sends `request` on a new HTTP/1.1 connection; returns the status and body.

@@ -1,7 +1,6 @@
 //! The collector's endpoint URL, and the HTTP/1.1 client that POSTs export
 //! requests to it over one kept-alive connection.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -11,11 +10,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::jwks_client::OutboundUrl;
+use crate::outbound::{self, ConnectError};
 use crate::tls::{self, TlsError};
 
 /// The OTLP/HTTP path of trace exports, appended to a base endpoint URL.
@@ -94,12 +93,8 @@ impl OtlpEndpoint {
 pub enum ExportError {
     #[error("timed out after {timeout_ms} ms")]
     TimedOut { timeout_ms: u128 },
-    #[error("cannot resolve {host}: {reason}")]
-    Resolve { host: String, reason: String },
-    #[error("{host} resolves to no loopback address, which plain http requires")]
-    NotLoopback { host: String },
-    #[error("connecting to {addr} failed: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("the TLS handshake failed: {0}")]
     Tls(String),
     #[error("the HTTP exchange failed: {0}")]
@@ -227,7 +222,8 @@ impl OtlpClient {
 
     /// Opens a connection (TLS for https) and starts the task that drives it.
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ExportError> {
-        let tcp = self.connect_tcp().await?;
+        let endpoint = &self.endpoint;
+        let tcp = outbound::connect(&endpoint.host, endpoint.port, endpoint.https).await?;
         match &self.tls {
             Some(connector) => {
                 let name = ServerName::try_from(self.endpoint.host.clone())
@@ -240,39 +236,6 @@ impl OtlpClient {
             }
             None => handshake(TokioIo::new(tcp)).await,
         }
-    }
-
-    /// Resolves the host and connects to the first address that accepts;
-    /// for plain http, only loopback addresses are tried.
-    async fn connect_tcp(&self) -> Result<TcpStream, ExportError> {
-        let host = self.endpoint.host.as_str();
-        let https = self.endpoint.https;
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, self.endpoint.port))
-            .await
-            .map_err(|e| ExportError::Resolve {
-                host: host.to_owned(),
-                reason: e.to_string(),
-            })?
-            .filter(|addr| https || addr.ip().is_loopback())
-            .collect();
-        let mut last_error = ExportError::NotLoopback {
-            host: host.to_owned(),
-        };
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    return Ok(stream);
-                }
-                Err(e) => {
-                    last_error = ExportError::Connect {
-                        addr,
-                        reason: e.to_string(),
-                    }
-                }
-            }
-        }
-        Err(last_error)
     }
 }
 

@@ -1,0 +1,74 @@
+//! TCP connections of keygate's own HTTP clients: key-set fetches, trace
+//! exports and the KMS client.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+
+/// The reason no connection to an outbound host could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("{host} resolves to no loopback address, which plain http requires")]
+    NotLoopback { host: String },
+    #[error("connecting to {addr} failed: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+}
+
+/// Resolves `host` and connects to the first of its addresses that accepts,
+/// with Nagle's algorithm off. Without `https`, only loopback addresses are
+/// tried, because plain http must not leave the machine. The error names the
+/// last address that failed.
+pub async fn connect(host: &str, port: u16, https: bool) -> Result<TcpStream, ConnectError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| ConnectError::Resolve {
+            host: host.to_owned(),
+            reason: e.to_string(),
+        })?
+        .filter(|addr| https || addr.ip().is_loopback())
+        .collect();
+    let mut last_error = ConnectError::NotLoopback {
+        host: host.to_owned(),
+    };
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => {
+                last_error = ConnectError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                }
+            }
+        }
+    }
+    Err(last_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refused_connection_names_the_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        match connect("127.0.0.1", port, false).await {
+            Err(ConnectError::Connect { addr, .. }) => assert_eq!(addr.port(), port),
+            other => panic!("expected a refused connection, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn loopback_listener_accepts() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stream = connect("localhost", port, false).await.unwrap();
+        assert!(stream.nodelay().unwrap(), "Nagle's algorithm is off");
+    }
+}

@@ -1,7 +1,7 @@
-//! The vault audit log end to end: records of resolutions, definition writes
-//! and denied attempts, the HMAC endpoint, `keygate audit verify` on an
-//! intact and a tampered store and file, and refusal of accesses while
-//! records cannot be written.
+//! The vault audit log end to end: records of resolutions, definition
+//! writes, connection changes and denied attempts, the HMAC endpoint,
+//! `keygate audit verify` on an intact and a tampered store and file, and
+//! refusal of accesses while records cannot be written.
 
 use std::io::Write;
 use std::path::Path;
@@ -548,4 +548,74 @@ async fn concurrent_resolutions_get_one_chained_record_each() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_changes_are_recorded() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    let spec = json!({"connection": {"type": "aws_secrets_manager", "region": "eu-west-1",
+                                      "endpoint": "http://127.0.0.1:9"}});
+
+    let (status, headers, body) = api
+        .request(
+            Method::PUT,
+            "/v1/connections/aws-prod",
+            Some(&server.admin_token),
+            Some(spec.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let put = records_of(&server, &request_id(&headers));
+    let outcomes: Vec<&Value> = put.iter().map(|record| &record["outcome"]).collect();
+    assert_eq!(outcomes, ["started", "success"]);
+    for record in &put {
+        assert_eq!(record["operation"], "put_connection");
+        assert_eq!(record["secret"], "aws-prod");
+        assert_eq!(record["project"], "");
+        assert_eq!(record["account"], ACCOUNT);
+    }
+
+    // A token restricted to projects may not manage connections.
+    let restricted = runner_token(&server);
+    let (status, headers, body) = api
+        .request(
+            Method::PUT,
+            "/v1/connections/aws-prod",
+            Some(&restricted),
+            Some(spec),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let denied = records_of(&server, &request_id(&headers));
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["operation"], "put_connection");
+    assert_eq!(denied[0]["outcome"], "denied");
+
+    let (status, headers, body) = api
+        .request(
+            Method::DELETE,
+            "/v1/connections/aws-prod",
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let deleted = records_of(&server, &request_id(&headers));
+    let outcomes: Vec<&Value> = deleted.iter().map(|record| &record["outcome"]).collect();
+    assert_eq!(outcomes, ["started", "success"]);
+    assert_eq!(deleted[1]["operation"], "delete_connection");
+
+    let (status, headers, _) = api
+        .request(
+            Method::DELETE,
+            "/v1/connections/aws-prod",
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let missing = records_of(&server, &request_id(&headers));
+    let outcomes: Vec<&Value> = missing.iter().map(|record| &record["outcome"]).collect();
+    assert_eq!(outcomes, ["started", "not_found"]);
 }

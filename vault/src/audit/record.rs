@@ -42,11 +42,17 @@ pub enum AuditOp {
     ReadDefinition,
     ListDefinitions,
     DeleteDefinition,
+    /// Creating or replacing an account's connection to an external secret
+    /// manager. The record's `secret` is the connection's name and its
+    /// `project` is empty, because connections belong to the account.
+    PutConnection,
+    /// Deleting a connection, recorded like [`AuditOp::PutConnection`].
+    DeleteConnection,
 }
 
 impl AuditOp {
     /// Every operation, in declaration order.
-    pub const ALL: [AuditOp; 17] = [
+    pub const ALL: [AuditOp; 19] = [
         AuditOp::ReadValue,
         AuditOp::Resolve,
         AuditOp::ReadMetadata,
@@ -64,6 +70,8 @@ impl AuditOp {
         AuditOp::ReadDefinition,
         AuditOp::ListDefinitions,
         AuditOp::DeleteDefinition,
+        AuditOp::PutConnection,
+        AuditOp::DeleteConnection,
     ];
 
     /// Returns the snake_case name, as stored in records.
@@ -100,6 +108,8 @@ impl AuditOp {
             AuditOp::ReadDefinition => "read_definition",
             AuditOp::ListDefinitions => "list_definitions",
             AuditOp::DeleteDefinition => "delete_definition",
+            AuditOp::PutConnection => "put_connection",
+            AuditOp::DeleteConnection => "delete_connection",
         }
     }
 }

@@ -8,6 +8,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::{page, point_read};
+use crate::audit::{self, AuditContext, AuditOp, AuditedChange};
 use crate::external::connection::{
     check_hosted, check_projects, validate_connection_name, ConnectionSpec, InvalidConnection,
 };
@@ -35,13 +36,49 @@ async fn admin(
     req: &http::Request<Incoming>,
 ) -> Result<Principal, ApiError> {
     let principal = authenticate(state, conn, req.headers()).await?;
-    require_scope(&principal, Scope::SecretsAdmin)?;
+    check_admin(&principal)?;
+    Ok(principal)
+}
+
+fn check_admin(principal: &Principal) -> Result<(), ApiError> {
+    require_scope(principal, Scope::SecretsAdmin)?;
     if principal.projects.is_some() {
         return Err(ApiError::forbidden(
             "connections belong to the whole account; use a token that is not restricted to projects",
         ));
     }
-    Ok(principal)
+    Ok(())
+}
+
+/// Authenticates a change of connection `name` like [`admin`], and returns
+/// the audit context of the request. A rejected request gets an audit record
+/// with the outcome `denied`. When that record cannot be written, the
+/// response is 503 in place of the rejection.
+async fn admin_for_change(
+    state: &SharedState,
+    conn: &ConnInfo,
+    req: &http::Request<Incoming>,
+    name: &str,
+    operation: AuditOp,
+) -> Result<(Principal, AuditContext), ApiError> {
+    let (ctx, result) = match authenticate(state, conn, req.headers()).await {
+        Ok(principal) => {
+            let ctx = AuditContext::new(req, &principal, "");
+            let checked = check_admin(&principal).map(|()| principal);
+            (ctx, checked)
+        }
+        Err(error) => (AuditContext::unauthenticated(req, ""), Err(error)),
+    };
+    match result {
+        Ok(principal) => Ok((principal, ctx)),
+        Err(error) => {
+            let outcome = audit::outcome_of(&error);
+            match audit::record(state, &ctx, name, None, operation, outcome).await {
+                Ok(()) => Err(error),
+                Err(unavailable) => Err(unavailable),
+            }
+        }
+    }
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
@@ -59,14 +96,17 @@ fn store_error(error: ConnectionStoreError) -> ApiError {
     ApiError::internal(format!("the connection store failed: {error}"))
 }
 
-// TODO: write audit records of connection changes; they are logged only.
+/// Creates or replaces a connection. The change is audited like a vault
+/// change: a `started` record before the store is written and one with the
+/// outcome after. Invalid input is rejected before either record.
 pub async fn put(
     state: &SharedState,
     conn: &ConnInfo,
     req: http::Request<Incoming>,
     name: &str,
 ) -> Result<Response, ApiError> {
-    let principal = admin(state, conn, &req).await?;
+    let (principal, ctx) =
+        admin_for_change(state, conn, &req, name, AuditOp::PutConnection).await?;
     // The body is read first, so an HTTP/2 client gets the error and not a reset stream.
     let body: PutConnection = read_json(req.into_body(), state.config.http.max_body_bytes).await?;
     check_name(name)?;
@@ -77,12 +117,14 @@ pub async fn put(
     let provider = body.connection.provider();
     let store = state.external.connections.clone();
     let (account, n) = (principal.account.clone(), name.to_owned());
-    let (record, created) = tokio::task::spawn_blocking(move || {
+    let change = AuditedChange::begin(state, &ctx, name, None, AuditOp::PutConnection).await?;
+    let result = tokio::task::spawn_blocking(move || {
         store.put(&account, &n, body.connection, body.projects)
     })
     .await
-    .map_err(|e| ApiError::internal(format!("a storage task failed: {e}")))?
-    .map_err(store_error)?;
+    .map_err(|e| ApiError::internal(format!("a storage task failed: {e}")))
+    .and_then(|stored| stored.map_err(store_error));
+    let (record, created) = change.finish(result, None).await?;
     // Values read through the old settings must not outlive them.
     state.external.cache.clear_account(&principal.account);
     info!(
@@ -180,20 +222,25 @@ pub async fn delete(
     req: http::Request<Incoming>,
     name: &str,
 ) -> Result<Response, ApiError> {
-    let principal = admin(state, conn, &req).await?;
+    let (principal, ctx) =
+        admin_for_change(state, conn, &req, name, AuditOp::DeleteConnection).await?;
     check_name(name)?;
     let store = state.external.connections.clone();
     let (account, n) = (principal.account.clone(), name.to_owned());
-    let existed = tokio::task::spawn_blocking(move || store.delete(&account, &n))
+    let change = AuditedChange::begin(state, &ctx, name, None, AuditOp::DeleteConnection).await?;
+    let result = tokio::task::spawn_blocking(move || store.delete(&account, &n))
         .await
-        .map_err(|e| ApiError::internal(format!("a storage task failed: {e}")))?
-        .map_err(store_error)?;
-    if !existed {
-        return Err(ApiError::not_found(format!(
-            "account {} has no connection {name:?}",
-            principal.account
-        )));
-    }
+        .map_err(|e| ApiError::internal(format!("a storage task failed: {e}")))
+        .and_then(|deleted| deleted.map_err(store_error))
+        .and_then(|existed| {
+            existed.then_some(()).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "account {} has no connection {name:?}",
+                    principal.account
+                ))
+            })
+        });
+    change.finish(result, None).await?;
     state.external.cache.clear_account(&principal.account);
     info!(account = %principal.account, connection = %name, actor = %principal.subject, "connection deleted");
     Ok(json_response(

@@ -576,21 +576,25 @@ async fn connection_changes_are_recorded() {
         assert_eq!(record["account"], ACCOUNT);
     }
 
-    // A token restricted to projects may not manage connections.
-    let restricted = runner_token(&server);
-    let (status, headers, body) = api
-        .request(
-            Method::PUT,
-            "/v1/connections/aws-prod",
-            Some(&restricted),
-            Some(spec),
-        )
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let denied = records_of(&server, &request_id(&headers));
-    assert_eq!(denied.len(), 1, "{denied:?}");
-    assert_eq!(denied[0]["operation"], "put_connection");
-    assert_eq!(denied[0]["outcome"], "denied");
+    // Connections belong to the whole account: a token restricted to
+    // projects may not manage them, even with the admin scope, and a token
+    // without that scope may not either.
+    let restricted_admin = server.token(ACCOUNT, &["secrets:admin"], Some(&["etl"]));
+    for token in [restricted_admin, runner_token(&server)] {
+        let (status, headers, body) = api
+            .request(
+                Method::PUT,
+                "/v1/connections/aws-prod",
+                Some(&token),
+                Some(spec.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let denied = records_of(&server, &request_id(&headers));
+        assert_eq!(denied.len(), 1, "{denied:?}");
+        assert_eq!(denied[0]["operation"], "put_connection");
+        assert_eq!(denied[0]["outcome"], "denied");
+    }
 
     let (status, headers, body) = api
         .request(

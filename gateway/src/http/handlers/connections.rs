@@ -7,8 +7,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
 
+use super::secrets::refused;
 use super::{page, point_read};
-use crate::audit::{self, AuditContext, AuditOp, AuditedChange};
+use crate::audit::{AuditContext, AuditOp, AuditedChange};
 use crate::external::connection::{
     check_hosted, check_projects, validate_connection_name, ConnectionSpec, InvalidConnection,
 };
@@ -71,13 +72,7 @@ async fn admin_for_change(
     };
     match result {
         Ok(principal) => Ok((principal, ctx)),
-        Err(error) => {
-            let outcome = audit::outcome_of(&error);
-            match audit::record(state, &ctx, name, None, operation, outcome).await {
-                Ok(()) => Err(error),
-                Err(unavailable) => Err(unavailable),
-            }
-        }
+        Err(error) => Err(refused(state, &ctx, name, operation, error).await),
     }
 }
 
@@ -124,9 +119,12 @@ pub async fn put(
     .await
     .map_err(|e| ApiError::internal(format!("a storage task failed: {e}")))
     .and_then(|stored| stored.map_err(store_error));
+    if result.is_ok() {
+        // Values read through the old settings must not outlive them, even
+        // when the outcome record below fails.
+        state.external.cache.clear_account(&principal.account);
+    }
     let (record, created) = change.finish(result, None).await?;
-    // Values read through the old settings must not outlive them.
-    state.external.cache.clear_account(&principal.account);
     info!(
         account = %principal.account, connection = %name, provider,
         actor = %principal.subject, "connection stored"
@@ -240,8 +238,10 @@ pub async fn delete(
                 ))
             })
         });
+    if result.is_ok() {
+        state.external.cache.clear_account(&principal.account);
+    }
     change.finish(result, None).await?;
-    state.external.cache.clear_account(&principal.account);
     info!(account = %principal.account, connection = %name, actor = %principal.subject, "connection deleted");
     Ok(json_response(
         StatusCode::OK,

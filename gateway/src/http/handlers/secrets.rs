@@ -70,7 +70,7 @@ fn check_access(
 
 /// Records a rejected request and returns the error to send: `error`, or
 /// 503 when the record cannot be written.
-async fn refused(
+pub(super) async fn refused(
     state: &SharedState,
     ctx: &AuditContext,
     secret: &str,

@@ -8,10 +8,10 @@
 //! refused with 503.
 //!
 //! While records of reads are not synced, the reads that run at the same
-//! moment store their records together: the first one queued lets the other
-//! ready requests run, then stores every queued record in one batch and
-//! sends each request its sequence number. A read while no other API
-//! request is in flight stores its record at once.
+//! moment store their records together. The first one queued lets the other
+//! ready requests run, then stores every queued record in one batch and sends
+//! each request its sequence number. A read while no other API request is in
+//! flight stores its record at once.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -147,8 +147,8 @@ impl Audit {
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
         if self.log.appends_inline(event.operation) {
             // A request that runs alone does not wait for others to join its
-            // batch, because there are none and yielding only made the async
-            // workers wake each other.
+            // batch, because there are none, and a yield then only makes the
+            // two async workers wake each other.
             let gather = crate::http::api_requests_in_flight() > 1;
             return self.append_read(event, gather).await;
         }
@@ -169,7 +169,7 @@ impl Audit {
     }
 
     /// Queues the record of a read and waits until the batch holding it is
-    /// stored. The request that finds no batch being gathered leads one; with
+    /// stored. The request that finds no batch being gathered leads one. With
     /// `gather`, it yields once before it stores the batch.
     async fn append_read(&self, event: AuditEvent, gather: bool) -> Result<u64, AuditError> {
         let (sender, receiver) = oneshot::channel();
@@ -189,9 +189,14 @@ impl Audit {
             }
             drop(batch);
         }
-        // A sender dropped unused means the batch's leader panicked, so the
-        // read is rejected.
-        receiver.await.unwrap_or(Err(AuditError::Stopped))
+        // A sender dropped unused means that storing the batch panicked, so
+        // the read is rejected.
+        receiver.await.unwrap_or_else(|_| {
+            Err(AuditError::Unavailable {
+                cause: "storing the batch of audit records that held this read's record panicked"
+                    .into(),
+            })
+        })
     }
 
     /// Returns the HMAC of `value` under this installation's audit key, in hex.
@@ -441,7 +446,7 @@ impl<'a> AuditedChange<'a> {
                         error = %error,
                         operation = %self.operation,
                         secret.name = %self.secret,
-                        "a vault change was made, but its outcome could not be recorded; the log holds its started record"
+                        "a change was made, but its outcome could not be recorded; the log holds its started record"
                     );
                 }
                 Err(unavailable(&error))

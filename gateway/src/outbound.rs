@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 pub enum ConnectError {
     #[error("cannot resolve {host}: {reason}")]
     Resolve { host: String, reason: String },
+    #[error("{host} resolves to no address")]
+    NoAddress { host: String },
     #[error("{host} resolves to no loopback address, which plain http requires")]
     NotLoopback { host: String },
     #[error("connecting to {addr} failed: {reason}")]
@@ -29,8 +31,14 @@ pub async fn connect(host: &str, port: u16, https: bool) -> Result<TcpStream, Co
         })?
         .filter(|addr| https || addr.ip().is_loopback())
         .collect();
-    let mut last_error = ConnectError::NotLoopback {
-        host: host.to_owned(),
+    let mut last_error = if https {
+        ConnectError::NoAddress {
+            host: host.to_owned(),
+        }
+    } else {
+        ConnectError::NotLoopback {
+            host: host.to_owned(),
+        }
     };
     for addr in addrs {
         match TcpStream::connect(addr).await {

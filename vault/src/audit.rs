@@ -308,14 +308,15 @@ impl AuditLog {
     }
 
     /// Stores the record of a read on the calling thread and returns its
-    /// sequence number; [`AuditLog::append_reads`] with one event.
+    /// sequence number, as [`AuditLog::append_reads`] does for one event.
     pub fn append_read(&self, event: AuditEvent) -> Result<u64, AuditError> {
         self.append_reads(vec![event])
     }
 
     /// Stores the records of reads on the calling thread, in one batch and in
     /// the order given, and returns the sequence number of the first. The
-    /// others follow it. Call it only when [`AuditLog::appends_inline`] is
+    /// others follow it. With no events, nothing is written and the result is
+    /// the next sequence number. Call it only when [`AuditLog::appends_inline`] is
     /// true for every event's operation. Other events go through
     /// [`AuditLog::submit`].
     ///

@@ -35,8 +35,10 @@ pub struct ConnInfo {
 /// sessions, which last for hours, are on the agent listener.
 static API_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
-/// Returns how many API requests are being handled at this moment, the
-/// caller's included.
+/// Returns how many requests of API listeners are being handled at this
+/// moment, in this process.
+// NOTE: a batch resolution counts as one request, so the per-name lookups it
+// runs at once do not batch their audit records.
 pub fn api_requests_in_flight() -> usize {
     API_IN_FLIGHT.load(Ordering::Relaxed)
 }

@@ -3,7 +3,6 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::pin::pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -282,17 +281,7 @@ where
             })?;
         Ok(body.to_bytes())
     };
-    let mut response = pin!(response);
-    let mut connection = pin!(connection);
-    tokio::select! {
-        biased;
-        result = &mut response => result,
-        ended = &mut connection => match ended {
-            // A connection that ended cleanly may still have delivered the whole response.
-            Ok(()) => response.await,
-            Err(e) => Err(FetchError::Http(e.to_string())),
-        },
-    }
+    outbound::drive_with_connection(response, connection, |e| FetchError::Http(e.to_string())).await
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
-//! TCP connections of keygate's own HTTP clients: key-set fetches, trace
-//! exports and the KMS client.
+//! TCP connections of keygate's own HTTP clients (key-set fetches, trace
+//! exports and the KMS client), and one request driven with its connection.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 
 use tokio::net::TcpStream;
 
@@ -55,6 +57,28 @@ pub async fn connect(host: &str, port: u16, https: bool) -> Result<TcpStream, Co
         }
     }
     Err(last_error)
+}
+
+/// Runs `response`, a request sent on an HTTP/1.1 connection and the
+/// reading of its response, while it drives `connection` in the same future.
+/// So dropping the future, as a timeout does, closes the connection and
+/// leaves no task behind. `failed` turns a connection error into `E`.
+pub async fn drive_with_connection<T, E>(
+    response: impl Future<Output = Result<T, E>>,
+    connection: impl Future<Output = Result<(), hyper::Error>>,
+    failed: impl FnOnce(hyper::Error) -> E,
+) -> Result<T, E> {
+    let mut response = pin!(response);
+    let mut connection = pin!(connection);
+    tokio::select! {
+        biased;
+        result = &mut response => result,
+        ended = &mut connection => match ended {
+            // A connection that ended cleanly may still have delivered the whole response.
+            Ok(()) => response.await,
+            Err(e) => Err(failed(e)),
+        },
+    }
 }
 
 #[cfg(test)]

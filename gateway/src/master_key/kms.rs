@@ -4,7 +4,6 @@
 //! loopback host, plain HTTP.
 
 use std::path::Path;
-use std::pin::pin;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -395,17 +394,10 @@ impl KmsClient {
                 })?;
             Ok((status, body.to_bytes()))
         };
-        let mut response = pin!(response);
-        let mut connection = pin!(connection);
-        tokio::select! {
-            biased;
-            result = &mut response => result,
-            ended = &mut connection => match ended {
-                // A connection that ended cleanly may still have delivered the whole response.
-                Ok(()) => response.await,
-                Err(e) => Err(self.unreachable(format!("the HTTP exchange failed: {e}"))),
-            },
-        }
+        outbound::drive_with_connection(response, connection, |e| {
+            self.unreachable(format!("the HTTP exchange failed: {e}"))
+        })
+        .await
     }
 
     fn unreachable(&self, reason: String) -> KmsError {

@@ -239,7 +239,7 @@ struct StoreOnDrop<'a>(&'a Audit);
 
 impl Drop for StoreOnDrop<'_> {
     fn drop(&mut self) {
-        store_reads(&self.0.log, &self.0.reads, &self.0.metrics);
+        self.0.store_reads();
     }
 }
 
@@ -249,36 +249,38 @@ fn lock(queue: &Mutex<ReadQueue>) -> std::sync::MutexGuard<'_, ReadQueue> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Stores every queued record of a read in one batch and sends each
-/// waiting request its sequence number or the failure.
-fn store_reads(log: &AuditLog, reads: &Mutex<ReadQueue>, metrics: &AuditMetrics) {
-    let waiting = {
-        let mut queue = lock(reads);
-        queue.gathering = false;
-        std::mem::take(&mut queue.waiting)
-    };
-    let records = waiting.len();
-    let (events, senders): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
-    match log.append_reads(events) {
-        Ok(first) => {
-            metrics.observe(&BatchOutcome::Written { records });
-            for (seq, sender) in (first..).zip(senders) {
-                let _ = sender.send(Ok(seq));
+impl Audit {
+    /// Stores every queued record of a read in one batch and sends each
+    /// waiting request its sequence number or the failure.
+    fn store_reads(&self) {
+        let waiting = {
+            let mut queue = lock(&self.reads);
+            queue.gathering = false;
+            std::mem::take(&mut queue.waiting)
+        };
+        let records = waiting.len();
+        let (events, senders): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
+        match self.log.append_reads(events) {
+            Ok(first) => {
+                self.metrics.observe(&BatchOutcome::Written { records });
+                for (seq, sender) in (first..).zip(senders) {
+                    let _ = sender.send(Ok(seq));
+                }
             }
-        }
-        Err(error) => {
-            metrics.observe(&BatchOutcome::Failed {
-                records,
-                cause: error.to_string(),
-            });
-            let cause = match error {
-                AuditError::Unavailable { cause } => cause,
-                other => other.to_string(),
-            };
-            for sender in senders {
-                let _ = sender.send(Err(AuditError::Unavailable {
-                    cause: cause.clone(),
-                }));
+            Err(error) => {
+                self.metrics.observe(&BatchOutcome::Failed {
+                    records,
+                    cause: error.to_string(),
+                });
+                let cause = match error {
+                    AuditError::Unavailable { cause } => cause,
+                    other => other.to_string(),
+                };
+                for sender in senders {
+                    let _ = sender.send(Err(AuditError::Unavailable {
+                        cause: cause.clone(),
+                    }));
+                }
             }
         }
     }

@@ -321,7 +321,7 @@ impl AuditLog {
     /// [`AuditLog::submit`].
     ///
     /// The records are chained under the same lock as the writer's batches
-    /// and stored without waiting for the disk; the writer thread syncs them
+    /// and stored without waiting for the disk. The writer thread syncs them
     /// within [`UNSYNCED_READS_MAX_MS`]. This takes microseconds, where a
     /// hand-off to the writer thread and back costs two thread wake-ups.
     pub fn append_reads(&self, events: Vec<AuditEvent>) -> Result<u64, AuditError> {

@@ -63,9 +63,9 @@ mod tests {
         let (first, second) = (next(), next());
         let bits = |id: &str| u128::from_str_radix(id, 16).unwrap();
         let changed = (bits(&first) ^ bits(&second)).count_ones();
-        // Consecutive counters differ in one or two bits; their encryptions
-        // differ in about 64 of 128. 32 to 96 fails by chance with a
-        // probability below 1e-8.
+        // Consecutive counters differ in one or two bits, but their
+        // encryptions differ in about 64 of 128. A count outside 32 to 96
+        // happens by chance with a probability below 1e-8.
         assert!((32..=96).contains(&changed), "{changed} bits differ");
     }
 }

@@ -1117,7 +1117,7 @@ fn unsynced_reads_append_inline_and_chain_with_changes() {
 }
 
 #[test]
-fn reads_appended_together_are_numbered_and_chained_in_order() {
+fn appended_reads_chain_in_order() {
     let store = Arc::new(MemStore::new());
     let log = AuditLog::start_with(
         store.clone(),

@@ -196,8 +196,17 @@ where
         .initial_connection_window_size(limits.connection_window_bytes)
         .max_send_buf_size(limits.send_buffer_bytes)
         .max_header_list_size(limits.header_list_bytes);
-    let served = builder.serve_connection(io, service);
-    if let Err(e) = watcher.watch(served.into_owned()).await {
+    // Agents may upgrade an HTTP/1.1 connection to a bare session stream. Once
+    // upgraded, the connection leaves hyper, and with it the graceful
+    // shutdown's count: the server drains sessions itself.
+    let result = if kind == ListenerKind::Agent {
+        let served = builder.serve_connection_with_upgrades(io, service);
+        watcher.watch(served.into_owned()).await
+    } else {
+        let served = builder.serve_connection(io, service);
+        watcher.watch(served.into_owned()).await
+    };
+    if let Err(e) = result {
         debug!(listener = kind.as_str(), client.addr = %peer, error = %e, "connection ended with an error");
     }
 }

@@ -59,6 +59,16 @@ impl FrameDecoder {
         }
     }
 
+    /// Returns the buffer to read received bytes into directly, as
+    /// `AsyncReadExt::read_buf` does, with at least `min_spare` bytes free.
+    /// Bytes read into it after a failure are never decoded.
+    pub fn read_buffer(&mut self, min_spare: usize) -> &mut BytesMut {
+        if self.buffer.capacity() - self.buffer.len() < min_spare {
+            self.buffer.reserve(min_spare);
+        }
+        &mut self.buffer
+    }
+
     /// Returns the number of bytes buffered but not yet decoded.
     pub fn buffered_len(&self) -> usize {
         self.buffer.len()

@@ -370,6 +370,41 @@ where
     sender.send_request(request).await.expect("HTTP request")
 }
 
+/// Opens an HTTP/1.1 connection over mTLS to the agent listener that can be
+/// upgraded to a session, for tests that speak the protocol by hand.
+pub async fn agent_http1<B>(
+    addr: SocketAddr,
+    creds_dir: &Path,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut config = keygate_gateway::tls::client_config(
+        &creds_dir.join("ca.pem"),
+        Some((
+            &creds_dir.join("client.pem"),
+            &creds_dir.join("client-key.pem"),
+        )),
+        false,
+    )
+    .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection.with_upgrades());
+    Ok(sender)
+}
+
 /// Opens an HTTP/2 connection over mTLS to the agent listener, for tests that speak the protocol by hand.
 pub async fn agent_h2<B>(
     addr: SocketAddr,

@@ -1,38 +1,82 @@
-//! The agent session protocol spoken by hand: hello rules, heartbeats, replacement and shutdown.
+//! The agent session protocol spoken by hand, over both transports: hello
+//! rules, heartbeats, replacement, shutdown, slow agents and the upgrade's
+//! own errors.
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use keygate_gateway::http::body::ChannelBody;
+use keygate_gateway::session::stream;
 use keygate_protocol::{Frame, FrameDecoder, GoAwayReason, PROTOCOL_VERSION};
-use keygate_tests::{agent_h2, agent_token, AgentCredentials, TestServer, ACCOUNT};
+use keygate_tests::{agent_h2, agent_http1, agent_token, AgentCredentials, TestServer, ACCOUNT};
+use tokio::io::ReadHalf;
 use tokio::sync::mpsc;
+
+/// How a hand-made session carries its frames.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Http2,
+    Upgrade,
+}
+
+enum Inbound {
+    Http2(Incoming),
+    Upgraded(ReadHalf<TokioIo<Upgraded>>),
+}
 
 /// A session opened by hand: frames go out through `tx`, come back through `next`.
 struct RawSession {
     tx: mpsc::Sender<Bytes>,
-    body: Incoming,
+    inbound: Inbound,
     decoder: FrameDecoder,
 }
 
 impl RawSession {
     async fn open(server: &TestServer, creds: &AgentCredentials) -> RawSession {
+        RawSession::open_over(server, creds, Transport::Http2).await
+    }
+
+    async fn open_over(
+        server: &TestServer,
+        creds: &AgentCredentials,
+        transport: Transport,
+    ) -> RawSession {
         let token = agent_token(server, creds).await;
-        let mut sender = agent_h2::<ChannelBody>(server.agent_addr, &creds.dir)
-            .await
-            .unwrap();
         let (tx, rx) = mpsc::channel(16);
-        let request = http::Request::post("https://localhost/v1/agent/session")
-            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(ChannelBody::new(rx))
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), http::StatusCode::OK);
+        let inbound = match transport {
+            Transport::Http2 => {
+                let mut sender = agent_h2::<ChannelBody>(server.agent_addr, &creds.dir)
+                    .await
+                    .unwrap();
+                let request = http::Request::post("https://localhost/v1/agent/session")
+                    .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+                    .body(ChannelBody::new(rx))
+                    .unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                assert_eq!(response.status(), http::StatusCode::OK);
+                Inbound::Http2(response.into_body())
+            }
+            Transport::Upgrade => {
+                let response =
+                    upgrade_request(server, creds, Some(&token), Some("keygate-session")).await;
+                assert_eq!(response.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+                assert_eq!(response.headers()["upgrade"], "keygate-session");
+                let upgraded = hyper::upgrade::on(response).await.unwrap();
+                let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+                tokio::spawn(async move {
+                    let mut frames = rx;
+                    stream::write_frames(writer, &mut frames, Duration::from_secs(60)).await
+                });
+                Inbound::Upgraded(reader)
+            }
+        };
         RawSession {
             tx,
-            body: response.into_body(),
+            inbound,
             decoder: FrameDecoder::new(keygate_protocol::DEFAULT_MAX_FRAME_BYTES),
         }
     }
@@ -56,11 +100,19 @@ impl RawSession {
     /// Returns the next frame from the gateway, or None when the stream ends; fails after 5 s.
     async fn next(&mut self) -> Option<Frame> {
         tokio::time::timeout(Duration::from_secs(5), async {
+            let body = match &mut self.inbound {
+                Inbound::Http2(body) => body,
+                Inbound::Upgraded(reader) => {
+                    return stream::read_frame(reader, &mut self.decoder, 1024)
+                        .await
+                        .unwrap();
+                }
+            };
             loop {
                 if let Some(frame) = self.decoder.next_frame().unwrap() {
                     return Some(frame);
                 }
-                match self.body.frame().await {
+                match body.frame().await {
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
                             self.decoder.extend(&data);
@@ -89,10 +141,19 @@ impl RawSession {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hello_then_welcome() {
+async fn hello_then_welcome_over_http2() {
+    hello_then_welcome(Transport::Http2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_then_welcome_over_upgrade() {
+    hello_then_welcome(Transport::Upgrade).await;
+}
+
+async fn hello_then_welcome(transport: Transport) {
     let server = TestServer::start().await;
     let creds = server.create_agent(ACCOUNT).await;
-    let mut session = RawSession::open(&server, &creds).await;
+    let mut session = RawSession::open_over(&server, &creds, transport).await;
     session.hello(PROTOCOL_VERSION).await;
     match session.next().await {
         Some(Frame::Welcome {
@@ -137,10 +198,19 @@ async fn first_frame_must_be_hello() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_agent_closed_after_missed_heartbeats() {
+async fn silent_agent_closed_after_missed_heartbeats_over_http2() {
+    silent_agent_closed_after_missed_heartbeats(Transport::Http2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_agent_closed_after_missed_heartbeats_over_upgrade() {
+    silent_agent_closed_after_missed_heartbeats(Transport::Upgrade).await;
+}
+
+async fn silent_agent_closed_after_missed_heartbeats(transport: Transport) {
     let server = TestServer::start_with(|c| c.gateway.heartbeat_interval_ms = 200).await;
     let creds = server.create_agent(ACCOUNT).await;
-    let mut session = RawSession::open(&server, &creds).await;
+    let mut session = RawSession::open_over(&server, &creds, transport).await;
     session.hello(PROTOCOL_VERSION).await;
     let started = std::time::Instant::now();
     let (reason, _) = session.expect_go_away().await;
@@ -175,7 +245,8 @@ async fn second_session_replaces_first() {
         .session_id
         .clone();
 
-    let mut second = RawSession::open(&server, &creds).await;
+    // The new session upgrades HTTP/1.1: replacement does not depend on the transport.
+    let mut second = RawSession::open_over(&server, &creds, Transport::Upgrade).await;
     second.hello(PROTOCOL_VERSION).await;
     assert!(matches!(second.next().await, Some(Frame::Welcome { .. })));
     let (reason, _) = first.expect_go_away().await;
@@ -186,10 +257,19 @@ async fn second_session_replaces_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_sends_go_away() {
+async fn shutdown_sends_go_away_over_http2() {
+    shutdown_sends_go_away(Transport::Http2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_go_away_over_upgrade() {
+    shutdown_sends_go_away(Transport::Upgrade).await;
+}
+
+async fn shutdown_sends_go_away(transport: Transport) {
     let mut server = TestServer::start().await;
     let creds = server.create_agent(ACCOUNT).await;
-    let mut session = RawSession::open(&server, &creds).await;
+    let mut session = RawSession::open_over(&server, &creds, transport).await;
     session.hello(PROTOCOL_VERSION).await;
     assert!(matches!(session.next().await, Some(Frame::Welcome { .. })));
     let shutdown = tokio::spawn(async move {
@@ -218,10 +298,19 @@ async fn metric(server: &TestServer, series: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_that_stops_reading_is_closed() {
+async fn agent_that_stops_reading_is_closed_over_http2() {
+    agent_that_stops_reading_is_closed(Transport::Http2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_that_stops_reading_is_closed_over_upgrade() {
+    agent_that_stops_reading_is_closed(Transport::Upgrade).await;
+}
+
+async fn agent_that_stops_reading_is_closed(transport: Transport) {
     let server = TestServer::start_with(|config| config.gateway.write_timeout_ms = 300).await;
     let creds = server.create_agent(ACCOUNT).await;
-    let mut session = RawSession::open(&server, &creds).await;
+    let mut session = RawSession::open_over(&server, &creds, transport).await;
     session
         .send(Frame::Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -527,4 +616,98 @@ async fn result_chunk_needs_protocol_version_4() {
     let (reason, message) = session.expect_go_away().await;
     assert_eq!(reason, GoAwayReason::ProtocolError);
     assert!(message.contains("task_result_chunk"), "{message}");
+}
+
+/// Sends `POST /v1/agent/session` over HTTP/1.1 with the given token and
+/// `Upgrade` header, and returns the response.
+async fn upgrade_request(
+    server: &TestServer,
+    creds: &AgentCredentials,
+    token: Option<&str>,
+    upgrade: Option<&str>,
+) -> http::Response<Incoming> {
+    let mut sender = agent_http1::<Empty<Bytes>>(server.agent_addr, &creds.dir)
+        .await
+        .unwrap();
+    let mut request =
+        http::Request::post("/v1/agent/session").header(http::header::HOST, "localhost");
+    if let Some(token) = token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if let Some(upgrade) = upgrade {
+        request = request
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, upgrade);
+    }
+    sender
+        .send_request(request.body(Empty::new()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Returns the `detail` of a problem response.
+async fn problem_detail(response: http::Response<Incoming>) -> String {
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    problem["detail"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_session_without_upgrade_gets_426() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let token = agent_token(&server, &creds).await;
+    let response = upgrade_request(&server, &creds, Some(&token), None).await;
+    assert_eq!(response.status(), http::StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(response.headers()["upgrade"], "keygate-session");
+    let detail = problem_detail(response).await;
+    assert!(detail.contains("Upgrade: keygate-session"), "{detail}");
+
+    // `Upgrade` alone is not enough: without `Connection: upgrade`, HTTP/1.1
+    // servers and proxies do not switch protocols.
+    let mut sender = agent_http1::<Empty<Bytes>>(server.agent_addr, &creds.dir)
+        .await
+        .unwrap();
+    let request = http::Request::post("/v1/agent/session")
+        .header(http::header::HOST, "localhost")
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(http::header::UPGRADE, "keygate-session")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::UPGRADE_REQUIRED);
+    let detail = problem_detail(response).await;
+    assert!(detail.contains("Connection: upgrade"), "{detail}");
+    assert!(server.server().state().sessions.get(&creds.id).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_to_another_protocol_is_refused() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let token = agent_token(&server, &creds).await;
+    let response = upgrade_request(&server, &creds, Some(&token), Some("websocket")).await;
+    assert_eq!(response.status(), http::StatusCode::BAD_REQUEST);
+    let detail = problem_detail(response).await;
+    assert!(
+        detail.contains("\"websocket\"") && detail.contains("keygate-session"),
+        "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_needs_a_valid_token() {
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let missing = upgrade_request(&server, &creds, None, Some("keygate-session")).await;
+    assert_eq!(missing.status(), http::StatusCode::UNAUTHORIZED);
+    let forged = upgrade_request(
+        &server,
+        &creds,
+        Some("not.a.token"),
+        Some("keygate-session"),
+    )
+    .await;
+    assert_eq!(forged.status(), http::StatusCode::UNAUTHORIZED);
+    assert!(server.server().state().sessions.get(&creds.id).is_none());
 }

@@ -59,6 +59,12 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, problem, detail)
     }
 
+    /// 426 with the `Upgrade` header naming the protocol to ask for.
+    pub fn upgrade_required(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UPGRADE_REQUIRED, "upgrade-required", detail)
+            .with_header(http::header::UPGRADE, crate::session::UPGRADE_PROTOCOL)
+    }
+
     pub fn not_found(detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not-found", detail)
     }

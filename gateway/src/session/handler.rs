@@ -1,5 +1,6 @@
 //! `POST /v1/agent/session`: authenticates the agent, then runs the session
-//! loop that reads the agent's frames and writes the gateway's.
+//! loop that reads the agent's frames and writes the gateway's, over an
+//! HTTP/2 stream or over an HTTP/1.1 connection upgraded to bare frames.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,16 +10,20 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use keygate_auth::{AuthError, Scope};
 use keygate_protocol::{
     Frame, FrameDecoder, FrameError, GoAwayReason, TaskOutcome, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
 };
-use tokio::sync::mpsc;
+use tokio::io::ReadHalf;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
+use super::stream::{self, StreamError, WriteEnd, UPGRADE_PROTOCOL};
 use super::{Hello, SessionHandle, TaskReply};
-use crate::http::body::{ChannelBody, Response};
+use crate::http::body::{full_body, ChannelBody, Response};
 use crate::http::problem::ApiError;
 use crate::http::{authenticate, ConnInfo};
 use crate::relay::TaskStatus;
@@ -37,11 +42,12 @@ const MISSED_HEARTBEATS: u32 = 3;
 pub async fn open_session(
     state: SharedState,
     conn: &ConnInfo,
-    req: http::Request<Incoming>,
+    mut req: http::Request<Incoming>,
 ) -> Result<Response, ApiError> {
     if state.is_draining() {
         return Err(ApiError::shutting_down());
     }
+    let transport = transport(&req)?;
     let principal = authenticate(&state, conn, req.headers()).await?;
     if !principal.has_scope(Scope::AgentSession) {
         return Err(ApiError::insufficient_scope(Scope::AgentSession));
@@ -95,8 +101,55 @@ pub async fn open_session(
         certificate_thumbprint: principal.certificate_thumbprint.clone().unwrap_or_default(),
         token_expires_at: principal.expires_at,
     };
-    tokio::spawn(run_session(state, info, req.into_body(), body_tx).instrument(span));
 
+    if transport == Transport::Upgrade {
+        let upgrade = hyper::upgrade::on(&mut req);
+        let write_timeout = Duration::from_millis(state.config.gateway.write_timeout_ms);
+        tokio::spawn(
+            async move {
+                let upgraded = match upgrade.await {
+                    Ok(upgraded) => upgraded,
+                    Err(error) => {
+                        debug!(%error, "the session upgrade did not complete");
+                        return;
+                    }
+                };
+                let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+                let (ended_tx, writer_end) = oneshot::channel();
+                // Shutdown waits until nothing holds the state, so this hold
+                // lets a final GoAway reach the agent before the process exits.
+                let hold = state.clone();
+                tokio::spawn(
+                    async move {
+                        let mut frames = body_rx;
+                        let end = stream::write_frames(writer, &mut frames, write_timeout).await;
+                        let _ = ended_tx.send(end);
+                        drop((frames, hold));
+                    }
+                    .in_current_span(),
+                );
+                let inbound = Inbound::Upgraded { reader, writer_end };
+                run_session(state, info, inbound, body_tx).await;
+            }
+            .instrument(span),
+        );
+        let mut response = http::Response::new(full_body(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        headers.insert(
+            http::header::UPGRADE,
+            HeaderValue::from_static(UPGRADE_PROTOCOL),
+        );
+        return Ok(response);
+    }
+
+    tokio::spawn(
+        run_session(state, info, Inbound::Stream(req.into_body()), body_tx).instrument(span),
+    );
     let mut response = http::Response::new(ChannelBody::new(body_rx).boxed());
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(
@@ -104,6 +157,54 @@ pub async fn open_session(
         HeaderValue::from_static("application/vnd.keygate.session"),
     );
     Ok(response)
+}
+
+/// How a session's frames travel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// The request and response bodies of one HTTP/2 stream.
+    Http2Stream,
+    /// The TLS connection itself, after an HTTP/1.1 upgrade. It holds no
+    /// HTTP/2 buffers, so an idle session costs the gateway less memory.
+    Upgrade,
+}
+
+/// Picks the transport from the request's HTTP version and its `Upgrade`
+/// and `Connection` headers.
+fn transport(req: &http::Request<Incoming>) -> Result<Transport, ApiError> {
+    if req.version() == http::Version::HTTP_2 {
+        return Ok(Transport::Http2Stream);
+    }
+    let header_has = |name: http::header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .unwrap_or_default()
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    let asked = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .map(|value| value.to_str().unwrap_or("(not text)"));
+    match asked {
+        Some(_) if header_has(http::header::UPGRADE, UPGRADE_PROTOCOL) => {
+            if header_has(http::header::CONNECTION, "upgrade") {
+                Ok(Transport::Upgrade)
+            } else {
+                Err(ApiError::upgrade_required(format!(
+                    "an upgrade to {UPGRADE_PROTOCOL} needs `Connection: upgrade` as well"
+                )))
+            }
+        }
+        Some(protocols) => Err(ApiError::bad_request("invalid-upgrade", format!(
+            "cannot upgrade a session to {protocols:?}: this gateway upgrades only to {UPGRADE_PROTOCOL:?}"
+        ))),
+        None => Err(ApiError::upgrade_required(format!(
+            "an agent session over HTTP/1.1 needs the headers `Connection: upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`; or use HTTP/2"
+        ))),
+    }
 }
 
 /// Facts the session loop keeps about its agent and the token that opened it.
@@ -129,7 +230,7 @@ enum End {
 async fn run_session(
     state: SharedState,
     mut info: SessionInfo,
-    mut body: Incoming,
+    mut body: Inbound,
     body_tx: mpsc::Sender<Bytes>,
 ) {
     let max_frame = state.config.gateway.max_frame_bytes;
@@ -278,6 +379,7 @@ async fn run_session(
         }
     };
 
+    let end = body.explain(end);
     state.sessions.remove(&session);
     state.metrics.agent_sessions.dec();
     let failed = session.fail_pending();
@@ -403,7 +505,7 @@ fn record_first_connection(state: &SharedState, agent_id: &str) {
 /// Waits for the agent's `Hello`; returns what it declared, with the
 /// capacity clamped, or None after sending GoAway for a bad or missing hello.
 async fn read_hello(
-    body: &mut Incoming,
+    body: &mut Inbound,
     decoder: &mut FrameDecoder,
     body_tx: &mpsc::Sender<Bytes>,
 ) -> Option<Hello> {
@@ -508,11 +610,56 @@ impl std::fmt::Display for ReadError {
     }
 }
 
+/// Where the agent's frames arrive.
+enum Inbound {
+    /// The request body of an HTTP/2 stream.
+    Stream(Incoming),
+    /// The read half of an upgraded HTTP/1.1 connection, and how its
+    /// writer ended, which is known before the frame queue closes.
+    Upgraded {
+        reader: ReadHalf<TokioIo<Upgraded>>,
+        writer_end: oneshot::Receiver<WriteEnd>,
+    },
+}
+
+impl Inbound {
+    /// Tells apart why frames could not be queued: on an upgraded session a
+    /// closed queue means the writer ended, and the writer knows whether the
+    /// agent stopped reading or the connection failed.
+    fn explain(&mut self, end: End) -> End {
+        let Inbound::Upgraded { writer_end, .. } = self else {
+            return end;
+        };
+        match (end, writer_end.try_recv()) {
+            (End::AgentClosed, Ok(WriteEnd::TimedOut)) => End::SlowConsumer,
+            (End::AgentClosed, Ok(WriteEnd::Failed(error))) => End::BodyError(error.to_string()),
+            (end, _) => end,
+        }
+    }
+}
+
+/// Free buffer space an upgraded session reads into at least.
+const MIN_READ_SPACE: usize = 1024;
+
 /// Reads the next whole frame; `Ok(None)` when the agent ended its stream.
 async fn read_frame(
-    body: &mut Incoming,
+    body: &mut Inbound,
     decoder: &mut FrameDecoder,
 ) -> Result<Option<Frame>, ReadError> {
+    let body = match body {
+        Inbound::Stream(body) => body,
+        Inbound::Upgraded { reader, .. } => {
+            return stream::read_frame(reader, decoder, MIN_READ_SPACE)
+                .await
+                .map_err(|error| match error {
+                    StreamError::Frame(e) => ReadError::Frame(e),
+                    StreamError::Io(e) => ReadError::Body(e.to_string()),
+                    truncated @ StreamError::Truncated { .. } => {
+                        ReadError::Body(truncated.to_string())
+                    }
+                })
+        }
+    };
     loop {
         if let Some(frame) = decoder.next_frame().map_err(ReadError::Frame)? {
             return Ok(Some(frame));

@@ -1,10 +1,13 @@
-//! Agent sessions: one long-lived HTTP/2 stream per connected agent, and the
-//! registry that finds an agent's session when a task arrives.
+//! Agent sessions: one long-lived HTTP/2 stream or upgraded HTTP/1.1
+//! connection per connected agent, and the registry that finds an agent's
+//! session when a task arrives.
 
 mod handler;
+pub mod stream;
 
 pub(crate) use handler::encode_frame;
 pub use handler::open_session;
+pub use stream::UPGRADE_PROTOCOL;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

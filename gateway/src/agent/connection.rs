@@ -1,4 +1,5 @@
-//! One agent connection: TLS, login at the token endpoint, then the session stream.
+//! One agent connection: TLS, login at the token endpoint, then the HTTP/1.1
+//! upgrade that turns the connection into the session's frame stream.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,8 +8,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use keygate_protocol::{Frame, FrameDecoder, TaskOutcome, PROTOCOL_VERSION, RESULT_CHUNK_BYTES};
 use rustls::{AlertDescription, ClientConfig};
 use rustls_pki_types::ServerName;
@@ -19,8 +20,8 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::tls_rejection::{rejected_certificate_alert, FirstRead, FirstReadWatch};
 use super::{AgentOptions, TaskHandler, TaskHandlers};
-use crate::http::body::ChannelBody;
 use crate::session::encode_frame;
+use crate::session::stream::{self, StreamError, UPGRADE_PROTOCOL};
 use crate::telemetry::TraceContext;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,8 +53,10 @@ pub enum SessionEnd {
     Closed,
 }
 
-type Sender =
-    http2::SendRequest<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>;
+type RequestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+/// Free buffer space the agent reads its session into at least.
+const MIN_READ_SPACE: usize = 8 * 1024;
 
 pub async fn run_session(
     options: &AgentOptions,
@@ -61,34 +64,19 @@ pub async fn run_session(
     handlers: &TaskHandlers,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<SessionEnd, AgentError> {
-    let mut sender = connect(options, tls).await?;
-    let (token, expires_in) = login(&mut sender, options).await?;
+    let mut connection = GatewayConnection::open(options, tls.clone()).await?;
+    let (token, expires_in) = login(&mut connection, options).await?;
 
-    let (frames_tx, frames_rx) = mpsc::channel::<Bytes>(256);
-    let hello = Frame::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        max_concurrent_tasks: options.capacity,
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        instance_id: options.instance_id.clone(),
-    };
-    frames_tx
-        .send(encode_frame(&hello))
-        .await
-        .map_err(|_| AgentError::Stream("session closed".into()))?;
-    let request = http::Request::post(format!("https://{}/v1/agent/session", options.gateway))
+    let request = http::Request::post("/v1/agent/session")
+        .header(http::header::HOST, options.gateway.as_str())
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(
-            http::header::CONTENT_TYPE,
-            "application/vnd.keygate.session",
-        )
-        .body(ChannelBody::new(frames_rx).boxed())
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, UPGRADE_PROTOCOL)
+        .body(http_body_util::Empty::new().boxed())
         .expect("a valid request");
-    let response = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(request))
-        .await
-        .map_err(|_| AgentError::Stream("the session request timed out".into()))?
-        .map_err(|e| AgentError::Stream(e.to_string()))?;
+    let response = connection.send(request, "session request").await?;
     let status = response.status();
-    if !status.is_success() {
+    if status != http::StatusCode::SWITCHING_PROTOCOLS {
         let body = response
             .into_body()
             .collect()
@@ -106,8 +94,33 @@ pub async fn run_session(
             },
         );
     }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(|e| AgentError::Stream(format!("the session upgrade failed: {e}")))?;
+    drop(connection);
+    let (mut reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+    let (frames_tx, frames_rx) = mpsc::channel::<Bytes>(256);
+    // Aborted when the session ends, so a connection the session gave up on
+    // closes at once instead of when the last running task lets go of its sender.
+    let _writer = AbortOnDrop(tokio::spawn(async move {
+        let mut frames = frames_rx;
+        if let stream::WriteEnd::Failed(error) =
+            stream::write_frames(writer, &mut frames, REQUEST_TIMEOUT).await
+        {
+            debug!(%error, "sending frames to the gateway failed");
+        }
+    }));
+    let hello = Frame::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        max_concurrent_tasks: options.capacity,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        instance_id: options.instance_id.clone(),
+    };
+    frames_tx
+        .send(encode_frame(&hello))
+        .await
+        .map_err(|_| AgentError::Stream("session closed".into()))?;
 
-    let mut body = response.into_body();
     let mut decoder = FrameDecoder::new(keygate_protocol::DEFAULT_MAX_FRAME_BYTES);
     let slots = Arc::new(Semaphore::new(options.capacity.max(1) as usize));
     let mut silence_limit = Duration::from_secs(60);
@@ -121,9 +134,11 @@ pub async fn run_session(
     let running = RunningTasks::default();
     let end = loop {
         let frame = tokio::select! {
-            frame = next_frame(&mut body, &mut decoder) => frame?,
+            frame = next_frame(&mut reader, &mut decoder) => frame?,
             _ = sleep_until_some(refresh_at) => {
-                refresh_at = match login(&mut sender, options).await {
+                // The session's connection carries only frames now, so the
+                // new token comes over a connection of its own.
+                refresh_at = match refresh_token(options, tls.clone()).await {
                     Ok((token, _)) => {
                         debug!("sending a refreshed token");
                         let _ = frames_tx.send(encode_frame(&Frame::TokenRefresh { access_token: token })).await;
@@ -259,83 +274,126 @@ pub async fn run_session(
         // normal close instead of seeing the connection drop.
         drop(frames_tx);
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            while let Ok(Some(_)) = next_frame(&mut body, &mut decoder).await {}
+            while let Ok(Some(_)) = next_frame(&mut reader, &mut decoder).await {}
         })
         .await;
     }
     end
 }
 
-async fn connect(options: &AgentOptions, tls: Arc<ClientConfig>) -> Result<Sender, AgentError> {
-    let connect_err = |reason: String| AgentError::Connect {
-        addr: options.gateway.clone(),
-        reason,
-    };
-    let rejected = |alert: AlertDescription| {
-        AgentError::Unauthorized(format!(
-            "the gateway at {} rejected the client certificate with TLS alert {alert:?}; \
-             check that it is from the gateway's client CA, valid now, not revoked and issued for client authentication",
-            options.gateway
-        ))
-    };
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&options.gateway))
-        .await
-        .map_err(|_| connect_err("timed out".into()))?
-        .map_err(|e| connect_err(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let server_name = ServerName::try_from(options.server_name.clone()).map_err(|e| {
-        connect_err(format!(
-            "invalid server name {:?}: {e}",
-            options.server_name
-        ))
-    })?;
-    let stream = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        TlsConnector::from(tls).connect(server_name, tcp),
-    )
-    .await
-    .map_err(|_| connect_err("the TLS handshake timed out".into()))?
-    .map_err(|e| match rejected_certificate_alert(&e) {
-        Some(alert) => rejected(alert),
-        None => connect_err(format!("TLS handshake failed: {e}")),
-    })?;
+/// Ends a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
-    let (stream, first_read) = FirstReadWatch::new(stream);
-    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .map_err(|e| connect_err(format!("HTTP/2 handshake failed: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            debug!(error = %e, "gateway connection ended");
-        }
-    });
-    // With TLS 1.3 a rejected client certificate shows only here: the
-    // gateway sends an alert where its HTTP/2 settings would come.
-    match tokio::time::timeout(CONNECT_TIMEOUT, first_read).await {
-        Ok(Ok(FirstRead::Data)) => Ok(sender),
-        Ok(Ok(FirstRead::Failed {
-            rejected: Some(alert),
-            ..
-        })) => Err(rejected(alert)),
-        Ok(Ok(FirstRead::Failed {
-            rejected: None,
-            message,
-        })) => Err(connect_err(format!(
-            "reading the gateway's HTTP/2 settings failed: {message}"
-        ))),
-        Ok(Ok(FirstRead::Closed)) | Ok(Err(_)) => Err(connect_err(
-            "the connection ended before the gateway sent its HTTP/2 settings".into(),
-        )),
-        Err(_) => Err(connect_err(format!(
-            "no HTTP/2 settings from the gateway within {} s",
-            CONNECT_TIMEOUT.as_secs()
-        ))),
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
+}
+
+/// An HTTP/1.1 connection to the gateway's agent listener.
+struct GatewayConnection {
+    sender: http1::SendRequest<RequestBody>,
+    /// The outcome of the first read, which tells a rejected client
+    /// certificate from other failures.
+    first_read: oneshot::Receiver<FirstRead>,
+    gateway: String,
+}
+
+impl GatewayConnection {
+    async fn open(
+        options: &AgentOptions,
+        tls: Arc<ClientConfig>,
+    ) -> Result<GatewayConnection, AgentError> {
+        let connect_err = |reason: String| AgentError::Connect {
+            addr: options.gateway.clone(),
+            reason,
+        };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&options.gateway))
+            .await
+            .map_err(|_| connect_err("timed out".into()))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let server_name = ServerName::try_from(options.server_name.clone()).map_err(|e| {
+            connect_err(format!(
+                "invalid server name {:?}: {e}",
+                options.server_name
+            ))
+        })?;
+        let stream = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TlsConnector::from(tls).connect(server_name, tcp),
+        )
+        .await
+        .map_err(|_| connect_err("the TLS handshake timed out".into()))?
+        .map_err(|e| match rejected_certificate_alert(&e) {
+            Some(alert) => rejected(&options.gateway, alert),
+            None => connect_err(format!("TLS handshake failed: {e}")),
+        })?;
+
+        let (stream, first_read) = FirstReadWatch::new(stream);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_err(format!("HTTP/1.1 handshake failed: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                debug!(error = %e, "gateway connection ended");
+            }
+        });
+        Ok(GatewayConnection {
+            sender,
+            first_read,
+            gateway: options.gateway.clone(),
+        })
+    }
+
+    /// Sends one request and returns the response head. `what` names the
+    /// request in errors.
+    async fn send(
+        &mut self,
+        request: http::Request<RequestBody>,
+        what: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>, AgentError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.sender.send_request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => {
+                // With TLS 1.3 a rejected client certificate shows only
+                // here: the gateway's alert arrives where its answer would.
+                if let Ok(FirstRead::Failed {
+                    rejected: Some(alert),
+                    ..
+                }) = self.first_read.try_recv()
+                {
+                    return Err(rejected(&self.gateway, alert));
+                }
+                Err(AgentError::Stream(format!("the {what} failed: {error}")))
+            }
+            Err(_) => Err(AgentError::Stream(format!(
+                "the {what} got no answer within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+fn rejected(gateway: &str, alert: AlertDescription) -> AgentError {
+    AgentError::Unauthorized(format!(
+        "the gateway at {gateway} rejected the client certificate with TLS alert {alert:?}; \
+         check that it is from the gateway's client CA, valid now, not revoked and issued for client authentication"
+    ))
+}
+
+/// Logs in over a new connection, which closes afterwards.
+async fn refresh_token(
+    options: &AgentOptions,
+    tls: Arc<ClientConfig>,
+) -> Result<(String, Duration), AgentError> {
+    let mut connection = GatewayConnection::open(options, tls).await?;
+    login(&mut connection, options).await
 }
 
 /// Client-credentials login; returns the access token and its lifetime.
 async fn login(
-    sender: &mut Sender,
+    connection: &mut GatewayConnection,
     options: &AgentOptions,
 ) -> Result<(String, Duration), AgentError> {
     let encode_part = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
@@ -346,7 +404,8 @@ async fn login(
     ));
     let basic =
         zeroize::Zeroizing::new(format!("Basic {}", STANDARD.encode(credentials.as_bytes())));
-    let request = http::Request::post(format!("https://{}/oauth/token", options.gateway))
+    let request = http::Request::post("/oauth/token")
+        .header(http::header::HOST, options.gateway.as_str())
         .header(http::header::AUTHORIZATION, basic.as_str())
         .header(
             http::header::CONTENT_TYPE,
@@ -354,10 +413,7 @@ async fn login(
         )
         .body(Full::new(Bytes::from_static(b"grant_type=client_credentials")).boxed())
         .expect("a valid request");
-    let response = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(request))
-        .await
-        .map_err(|_| AgentError::Stream("the token request timed out".into()))?
-        .map_err(|e| AgentError::Stream(format!("the token request failed: {e}")))?;
+    let response = connection.send(request, "token request").await?;
     let status = response.status();
     let body = response
         .into_body()
@@ -402,27 +458,17 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn next_frame(
-    body: &mut hyper::body::Incoming,
+async fn next_frame<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
     decoder: &mut FrameDecoder,
 ) -> Result<Option<Frame>, AgentError> {
-    loop {
-        if let Some(frame) = decoder
-            .next_frame()
-            .map_err(|e| AgentError::Protocol(e.to_string()))?
-        {
-            return Ok(Some(frame));
-        }
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    decoder.extend(&data);
-                }
-            }
-            Some(Err(e)) => return Err(AgentError::Stream(e.to_string())),
-            None => return Ok(None),
-        }
-    }
+    stream::read_frame(reader, decoder, MIN_READ_SPACE)
+        .await
+        .map_err(|error| match error {
+            StreamError::Frame(e) => AgentError::Protocol(e.to_string()),
+            StreamError::Io(e) => AgentError::Stream(e.to_string()),
+            truncated @ StreamError::Truncated { .. } => AgentError::Stream(truncated.to_string()),
+        })
 }
 
 /// Tasks this session runs, with the switch that stops each one.

@@ -1,5 +1,6 @@
-//! The reference agent: logs in over mTLS, holds one HTTP/2 session to the
-//! gateway, runs the tasks it receives and reconnects with backoff.
+//! The reference agent: logs in over mTLS, holds one session to the gateway
+//! on an upgraded HTTP/1.1 connection, runs the tasks it receives and
+//! reconnects with backoff.
 
 mod connection;
 pub mod lookup;
@@ -46,11 +47,14 @@ pub async fn run(
     handlers: TaskHandlers,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    let tls = Arc::new(crate::tls::client_config(
+    let mut tls = crate::tls::client_config(
         &options.ca_cert,
         Some((&options.client_cert, &options.client_key)),
-        true,
-    )?);
+        false,
+    )?;
+    // Sessions upgrade an HTTP/1.1 connection to a bare frame stream.
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = Arc::new(tls);
     info!(agent.id = %options.client_id, gateway = %options.gateway, capacity = options.capacity, kinds = ?handlers.kinds(), "agent starting");
     let mut failures: u32 = 0;
     loop {

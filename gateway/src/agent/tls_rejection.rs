@@ -2,9 +2,9 @@
 //!
 //! With TLS 1.2 the rejection ends the handshake. With TLS 1.3 the client
 //! finishes its side of the handshake before the gateway checks the
-//! certificate, so the alert arrives on the first read. h2 0.4 keeps only
-//! the text of an I/O error, so [`FirstReadWatch`] catches the rustls error
-//! below the HTTP/2 layer.
+//! certificate, so the alert arrives on the first read, where the answer to
+//! the first request would be. [`FirstReadWatch`] catches the rustls error
+//! there, below the HTTP layer, whose errors need not keep it.
 
 use std::error::Error;
 use std::io;
@@ -73,7 +73,6 @@ pub(super) enum FirstRead {
     Failed {
         /// The certificate alert, if the read failed with one.
         rejected: Option<AlertDescription>,
-        message: String,
     },
 }
 
@@ -110,10 +109,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for FirstReadWatch<S> {
                     Ok(()) => FirstRead::Closed,
                     Err(e) => FirstRead::Failed {
                         rejected: rejected_certificate_alert(e),
-                        message: e.to_string(),
                     },
                 };
-                // The receiver is gone once `connect` has returned; nothing waits for the outcome then.
+                // The receiver is gone once the connection is dropped; nothing waits for the outcome then.
                 let _ = report.send(first);
             }
         }

@@ -7,6 +7,9 @@ use crate::encode::LENGTH_PREFIX_BYTES;
 use crate::error::FrameError;
 use crate::frame::Frame;
 
+/// Capacity an empty read buffer keeps; a larger one is released.
+const RETAINED_BYTES: usize = 64 * 1024;
+
 /// Decoder for one direction of a session: feed it the body chunks as they
 /// arrive with [`FrameDecoder::extend`], then call
 /// [`FrameDecoder::next_frame`] until it returns `Ok(None)`.
@@ -61,8 +64,13 @@ impl FrameDecoder {
 
     /// Returns the buffer to read received bytes into directly, as
     /// `AsyncReadExt::read_buf` does, with at least `min_spare` bytes free.
-    /// Bytes read into it after a failure are never decoded.
+    /// Bytes read into it after a failure are never decoded. An empty buffer
+    /// that grew for a large frame is released first, so a session that
+    /// goes idle after one keeps only `min_spare` bytes.
     pub fn read_buffer(&mut self, min_spare: usize) -> &mut BytesMut {
+        if self.buffer.is_empty() && self.buffer.capacity() > min_spare.max(RETAINED_BYTES) {
+            self.buffer = BytesMut::new();
+        }
         if self.buffer.capacity() - self.buffer.len() < min_spare {
             self.buffer.reserve(min_spare);
         }

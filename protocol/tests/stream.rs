@@ -126,3 +126,42 @@ fn frames_before_an_error_are_returned() {
         Err(FrameError::UnknownFrameType { frame_type: 0 })
     );
 }
+
+/// Reads `bytes` the way an upgraded session does: into the decoder's own
+/// buffer, at most `read_size` bytes at a time.
+fn read_through_buffer(decoder: &mut FrameDecoder, bytes: &[u8], read_size: usize) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    for piece in bytes.chunks(read_size) {
+        let buffer = decoder.read_buffer(read_size);
+        assert!(buffer.capacity() - buffer.len() >= read_size);
+        buffer.extend_from_slice(piece);
+        while let Some(frame) = decoder.next_frame().expect("valid stream") {
+            frames.push(frame);
+        }
+    }
+    frames
+}
+
+#[test]
+fn read_buffer_decodes_like_extend() {
+    let stream = sample_stream();
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+    assert_eq!(
+        read_through_buffer(&mut decoder, &stream, 7),
+        sample_frames()
+    );
+    assert_eq!(decoder.buffered_len(), 0);
+}
+
+#[test]
+fn read_buffer_released_after_a_large_frame() {
+    let large = Frame::TaskResultChunk {
+        task_id: "t-large".into(),
+        payload: bytes::Bytes::from(vec![1u8; 300_000]),
+    };
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+    let frames = read_through_buffer(&mut decoder, &encode_to_vec(&large), 1024);
+    assert_eq!(frames, vec![large]);
+    let kept = decoder.read_buffer(1024).capacity();
+    assert!(kept < 64 * 1024, "an idle decoder kept {kept} bytes");
+}

@@ -16,7 +16,7 @@ use keygate_tests::{agent_h2, agent_http1, agent_token, AgentCredentials, TestSe
 use tokio::io::ReadHalf;
 use tokio::sync::mpsc;
 
-/// How a hand-made session carries its frames.
+/// Carrier of a hand-made session's frames.
 #[derive(Clone, Copy, Debug)]
 enum Transport {
     Http2,

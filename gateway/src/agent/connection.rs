@@ -293,7 +293,7 @@ impl Drop for AbortOnDrop {
 /// An HTTP/1.1 connection to the gateway's agent listener.
 struct GatewayConnection {
     sender: http1::SendRequest<RequestBody>,
-    /// The outcome of the first read, which tells a rejected client
+    /// The outcome of the first read, which distinguishes a rejected client
     /// certificate from other failures.
     first_read: oneshot::Receiver<FirstRead>,
     gateway: String,
@@ -357,7 +357,7 @@ impl GatewayConnection {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => {
                 // With TLS 1.3 a rejected client certificate shows only
-                // here: the gateway's alert arrives where its answer would.
+                // here: the gateway's alert arrives where its response would.
                 if let Ok(FirstRead::Failed {
                     rejected: Some(alert),
                     ..
@@ -368,7 +368,7 @@ impl GatewayConnection {
                 Err(AgentError::Stream(format!("the {what} failed: {error}")))
             }
             Err(_) => Err(AgentError::Stream(format!(
-                "the {what} got no answer within {} s",
+                "the {what} got no response within {} s",
                 REQUEST_TIMEOUT.as_secs()
             ))),
         }

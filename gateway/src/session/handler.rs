@@ -623,9 +623,9 @@ enum Inbound {
 }
 
 impl Inbound {
-    /// Tells apart why frames could not be queued: on an upgraded session a
-    /// closed queue means the writer ended, and the writer knows whether the
-    /// agent stopped reading or the connection failed.
+    /// Refines why frames could not be queued. On an upgraded session a
+    /// closed queue means the writer ended, and the writer's outcome says
+    /// whether the agent stopped reading or the connection failed.
     fn explain(&mut self, end: End) -> End {
         let Inbound::Upgraded { writer_end, .. } = self else {
             return end;

@@ -24,8 +24,8 @@ pub enum StreamError {
 }
 
 /// Reads the next whole frame; `Ok(None)` when the peer closed the stream
-/// between frames. `min_space` is the free buffer space each read asks
-/// for: an idle session keeps that much, and the decoder reserves a whole
+/// between frames. `min_space` is the free buffer space reserved for each
+/// read: an idle session keeps that much, and the decoder reserves a whole
 /// frame as soon as it has read the frame's length.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
@@ -45,12 +45,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// Frames below this size are copied together before they are written; a
-/// larger one, or a joined run of this size, is written as it is. It is the
-/// largest TLS record's payload.
+/// Frames below this size are copied into one buffer before they are
+/// written. Larger frames, and joined runs that reach this size, are
+/// written as they are. 16 KiB is the largest payload of a TLS record.
 const JOIN_LIMIT: usize = 16 * 1024;
 
-/// How [`write_frames`] ended.
+/// Outcome of [`write_frames`].
 #[derive(Debug)]
 pub enum WriteEnd {
     /// Every sender is gone; the stream was shut down after the last frame.
@@ -180,7 +180,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writer_gives_up_on_a_peer_that_stops_reading() {
+    async fn unread_stream_times_out_writer() {
         let (client, _server) = tokio::io::duplex(16);
         let (tx, mut rx) = mpsc::channel(8);
         let writer = tokio::spawn(async move {

@@ -8,6 +8,8 @@
 #   session, so SESSIONS must stay below the open-file limit (`ulimit -n`)
 #   with room for the gateway's own files.
 # Ports: KEYGATE_BENCH_PORT_BASE (default 17000) + 443 / 1443 / 2464.
+# KEYGATE_BENCH_SESSION_TRANSPORT: `upgrade` (default; HTTP/1.1 upgraded to
+#   bare frames, as the reference agent connects) or `http2`.
 # Everything runs on 127.0.0.1 and is stopped by PID when the script exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,5 +62,5 @@ python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])' <<<"$
 
 "$target/keygate-bench" sessions --agent "$agent_addr" --creds-dir "$data/agents/$agent_id" \
     --client-id "$agent_id" --client-secret-file "$work/secret" --count "$sessions" \
-    --server-pid "$server_pid" --storm
+    --server-pid "$server_pid" --transport "${KEYGATE_BENCH_SESSION_TRANSPORT:-upgrade}" --storm
 echo "shed handshakes: $(curl -sf "http://$ops_addr/metrics" | awk '$1 == "keygate_listener_handshakes_shed_total{listener=\"agent\"}" {print $2}')"

@@ -133,6 +133,10 @@ struct SessionsArgs {
     /// Then drop every session at once and time their reconnection.
     #[arg(long)]
     storm: bool,
+    /// How each session carries its frames: an HTTP/1.1 connection upgraded
+    /// to bare frames (what the reference agent uses), or an HTTP/2 stream.
+    #[arg(long, value_enum, default_value_t = sessions::Transport::Upgrade)]
+    transport: sessions::Transport,
 }
 
 #[derive(Args)]
@@ -347,6 +351,7 @@ async fn main() {
                             server_pid: args.server_pid,
                             settle: Duration::from_secs(args.settle_secs),
                             storm: args.storm,
+                            transport: args.transport,
                         })
                         .await
                     }

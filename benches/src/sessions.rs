@@ -42,25 +42,45 @@ pub struct SessionsPlan {
     pub server_pid: u32,
     pub settle: Duration,
     pub storm: bool,
+    pub transport: Transport,
+}
+
+/// Carrier of a session's frames.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// An HTTP/1.1 connection upgraded to bare frames.
+    Upgrade,
+    /// The request and response bodies of an HTTP/2 stream.
+    Http2,
 }
 
 struct Shared {
+    /// Offers HTTP/2 only.
     tls: Arc<ClientConfig>,
+    /// The same, offering HTTP/1.1 only, for upgraded sessions.
+    http1_tls: Arc<ClientConfig>,
     agent: SocketAddr,
     token: String,
+    transport: Transport,
     /// Connection attempts that failed and were retried.
     retries: AtomicUsize,
 }
 
 /// An open session; dropping it closes the connection.
-struct OpenSession {
-    _frames: mpsc::Sender<Bytes>,
-    reader: tokio::task::JoinHandle<()>,
+enum OpenSession {
+    Http2 {
+        _frames: mpsc::Sender<Bytes>,
+        reader: tokio::task::JoinHandle<()>,
+    },
+    Upgraded(tokio::task::JoinHandle<()>),
 }
 
 impl Drop for OpenSession {
     fn drop(&mut self) {
-        self.reader.abort();
+        match self {
+            OpenSession::Http2 { reader, .. } => reader.abort(),
+            OpenSession::Upgraded(task) => task.abort(),
+        }
     }
 }
 
@@ -77,10 +97,14 @@ pub async fn run(plan: SessionsPlan) -> Result<(), String> {
         .map_err(|e| e.to_string())?,
     );
     let token = login(&tls, plan.agent, &plan.client_id, &plan.client_secret).await?;
+    let mut http1_tls = ClientConfig::clone(&tls);
+    http1_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let shared = Arc::new(Shared {
         tls,
+        http1_tls: Arc::new(http1_tls),
         agent: plan.agent,
         token,
+        transport: plan.transport,
         retries: AtomicUsize::new(0),
     });
 
@@ -179,15 +203,31 @@ fn jitter(ceiling: Duration) -> Duration {
     ceiling.mul_f64(fraction)
 }
 
+fn hello(index: usize) -> Bytes {
+    encode(&Frame::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        max_concurrent_tasks: 1,
+        agent_version: "keygate-bench".into(),
+        instance_id: format!("bench-{index}"),
+    })
+}
+
 async fn open_session(shared: &Shared, index: usize) -> Result<OpenSession, String> {
     let tcp = tokio::net::TcpStream::connect(shared.agent)
         .await
         .map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    let stream = TlsConnector::from(shared.tls.clone())
+    let tls = match shared.transport {
+        Transport::Upgrade => shared.http1_tls.clone(),
+        Transport::Http2 => shared.tls.clone(),
+    };
+    let stream = TlsConnector::from(tls)
         .connect(ServerName::try_from("localhost").expect("valid name"), tcp)
         .await
         .map_err(|e| e.to_string())?;
+    if shared.transport == Transport::Upgrade {
+        return open_upgraded(shared, index, stream).await;
+    }
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
@@ -201,15 +241,7 @@ async fn open_session(shared: &Shared, index: usize) -> Result<OpenSession, Stri
         )
         .body(ChannelBody::new(frames_rx))
         .map_err(|e| e.to_string())?;
-    frames
-        .send(encode(&Frame::Hello {
-            protocol_version: PROTOCOL_VERSION,
-            max_concurrent_tasks: 1,
-            agent_version: "keygate-bench".into(),
-            instance_id: format!("bench-{index}"),
-        }))
-        .await
-        .map_err(|e| e.to_string())?;
+    frames.send(hello(index)).await.map_err(|e| e.to_string())?;
     let response = sender
         .send_request(request)
         .await
@@ -234,10 +266,78 @@ async fn open_session(shared: &Shared, index: usize) -> Result<OpenSession, Stri
             }
         }
     });
-    Ok(OpenSession {
+    Ok(OpenSession::Http2 {
         _frames: frames,
         reader,
     })
+}
+
+/// Opens a session by upgrading an HTTP/1.1 connection, then replies to the
+/// gateway's pings on it from one task.
+async fn open_upgraded<S>(shared: &Shared, index: usize, stream: S) -> Result<OpenSession, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection.with_upgrades());
+    let request = http::Request::post("/v1/agent/session")
+        .header(http::header::HOST, "localhost")
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", shared.token),
+        )
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, "keygate-session")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(format!("session refused with {}", response.status()));
+    }
+    let mut io = TokioIo::new(
+        hyper::upgrade::on(response)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    io.write_all(&hello(index))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut decoder = FrameDecoder::new(keygate_protocol::DEFAULT_MAX_FRAME_BYTES);
+    match read_upgraded(&mut io, &mut decoder).await {
+        Some(Frame::Welcome { .. }) => {}
+        other => return Err(format!("expected Welcome, got {other:?}")),
+    }
+    let task = tokio::spawn(async move {
+        while let Some(frame) = read_upgraded(&mut io, &mut decoder).await {
+            if let Frame::Ping { nonce } = frame {
+                if io.write_all(&encode(&Frame::Pong { nonce })).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Ok(OpenSession::Upgraded(task))
+}
+
+async fn read_upgraded<R: tokio::io::AsyncRead + Unpin>(
+    io: &mut R,
+    decoder: &mut FrameDecoder,
+) -> Option<Frame> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(frame) = decoder.next_frame().ok()? {
+            return Some(frame);
+        }
+        if io.read_buf(decoder.read_buffer(1024)).await.ok()? == 0 {
+            return None;
+        }
+    }
 }
 
 async fn next_frame(body: &mut hyper::body::Incoming, decoder: &mut FrameDecoder) -> Option<Frame> {

@@ -9,10 +9,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-/// The token in an HTTP/1.1 `Upgrade` header that asks for a bare session stream.
+/// The token in an HTTP/1.1 `Upgrade` header that requests a bare session stream.
 pub const UPGRADE_PROTOCOL: &str = "keygate-session";
 
-/// Why reading a frame from a stream failed.
+/// Failure to read a frame from a stream.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("reading the session stream failed: {0}")]
@@ -53,16 +53,20 @@ const JOIN_LIMIT: usize = 16 * 1024;
 /// Outcome of [`write_frames`].
 #[derive(Debug)]
 pub enum WriteEnd {
-    /// Every sender is gone; the stream was shut down after the last frame.
+    /// Every sender is gone, and the last frame was written; then the stream
+    /// was shut down, or the shutdown failed or timed out.
     Closed,
     Failed(std::io::Error),
-    /// A flush did not finish within the timeout: the peer stopped reading.
+    /// A write or flush did not finish within the timeout: the peer stopped
+    /// reading.
     TimedOut,
 }
 
 /// Writes queued frames to the stream, flushing whenever the queue is
-/// empty. Each flush must finish within `timeout`, so a peer that stops
-/// reading cannot keep the connection open. The queue stays open until the
+/// empty. Each write (one frame, or joined frames of at most
+/// [`JOIN_LIMIT`] bytes) and each flush must finish within `timeout`, so a
+/// peer that stops reading cannot keep the connection open, while one that
+/// reads steadily can take any amount. The queue stays open until the
 /// caller drops it, so the caller can record how writing ended before the
 /// senders see the queue close.
 pub async fn write_frames<W: AsyncWrite + Unpin>(
@@ -70,53 +74,68 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     frames: &mut mpsc::Receiver<Bytes>,
     timeout: Duration,
 ) -> WriteEnd {
+    // TLS seals each write into records of its own and sends them at once,
+    // so small frames are joined first: one record and one system call for
+    // many frames. The join buffer is dropped whenever the queue is empty,
+    // so an idle session keeps none.
+    let mut joined = BytesMut::new();
     while let Some(first) = frames.recv().await {
-        let written = tokio::time::timeout(timeout, async {
-            // TLS seals each write into records of its own and sends them at
-            // once, so small frames are joined first: one record and one
-            // system call for many frames. The join buffer lives only for
-            // this flush, so an idle session keeps none.
-            let mut joined = BytesMut::new();
-            let mut next = Some(first);
-            while let Some(frame) = next {
-                if frame.len() >= JOIN_LIMIT {
-                    if !joined.is_empty() {
-                        writer.write_all(&joined).await?;
-                        joined.clear();
+        let mut next = Some(first);
+        while let Some(frame) = next {
+            if frame.len() >= JOIN_LIMIT {
+                if !joined.is_empty() {
+                    if let Err(end) = within(timeout, writer.write_all(&joined)).await {
+                        return end;
                     }
-                    writer.write_all(&frame).await?;
-                } else {
-                    joined.extend_from_slice(&frame);
-                    if joined.len() >= JOIN_LIMIT {
-                        writer.write_all(&joined).await?;
-                        joined.clear();
-                    }
+                    joined.clear();
                 }
-                next = frames.try_recv().ok();
+                if let Err(end) = within(timeout, writer.write_all(&frame)).await {
+                    return end;
+                }
+            } else {
+                joined.extend_from_slice(&frame);
+                if joined.len() >= JOIN_LIMIT {
+                    if let Err(end) = within(timeout, writer.write_all(&joined)).await {
+                        return end;
+                    }
+                    joined.clear();
+                }
             }
-            if !joined.is_empty() {
-                writer.write_all(&joined).await?;
+            next = frames.try_recv().ok();
+        }
+        if !joined.is_empty() {
+            if let Err(end) = within(timeout, writer.write_all(&joined)).await {
+                return end;
             }
-            writer.flush().await
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                debug!(%error, "writing session frames failed");
-                return WriteEnd::Failed(error);
-            }
-            Err(_) => {
-                debug!(
-                    write_timeout_ms = timeout.as_millis() as u64,
-                    "the peer took no session frame within the write timeout"
-                );
-                return WriteEnd::TimedOut;
-            }
+        }
+        joined = BytesMut::new();
+        if let Err(end) = within(timeout, writer.flush()).await {
+            return end;
         }
     }
     let _ = tokio::time::timeout(timeout, writer.shutdown()).await;
     WriteEnd::Closed
+}
+
+/// Runs one write or flush with a time limit.
+async fn within(
+    timeout: Duration,
+    io: impl std::future::Future<Output = std::io::Result<()>>,
+) -> Result<(), WriteEnd> {
+    match tokio::time::timeout(timeout, io).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => {
+            debug!(%error, "writing session frames failed");
+            Err(WriteEnd::Failed(error))
+        }
+        Err(_) => {
+            debug!(
+                write_timeout_ms = timeout.as_millis() as u64,
+                "the peer took no session frame within the write timeout"
+            );
+            Err(WriteEnd::TimedOut)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +196,33 @@ mod tests {
             matches!(error, StreamError::Truncated { buffered } if buffered == whole.len() - 2),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn slow_steady_reader_outlasts_the_timeout() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let (tx, mut rx) = mpsc::channel(16);
+        let timeout = Duration::from_secs(1);
+        let writer = tokio::spawn(async move { write_frames(client, &mut rx, timeout).await });
+        // Ten frames of 16 KiB queued at once take at least 1.6 s at the
+        // reader's pace, more than the timeout, but each write about 160 ms.
+        for nonce in 0..10u8 {
+            tx.send(Bytes::from(vec![nonce; JOIN_LIMIT])).await.unwrap();
+        }
+        drop(tx);
+        let mut received = 0;
+        let mut chunk = [0u8; 1024];
+        let started = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            match server.read(&mut chunk).await.unwrap() {
+                0 => break,
+                n => received += n,
+            }
+        }
+        assert!(started.elapsed() > timeout, "{:?}", started.elapsed());
+        assert_eq!(received, 10 * JOIN_LIMIT);
+        assert!(matches!(writer.await.unwrap(), WriteEnd::Closed));
     }
 
     #[tokio::test]

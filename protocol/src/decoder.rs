@@ -7,7 +7,7 @@ use crate::encode::LENGTH_PREFIX_BYTES;
 use crate::error::FrameError;
 use crate::frame::Frame;
 
-/// Capacity an empty read buffer keeps; a larger one is released.
+/// Frames larger than this make the read buffer be released once it is empty.
 const RETAINED_BYTES: usize = 64 * 1024;
 
 /// Decoder for one direction of a session: feed it the body chunks as they
@@ -27,6 +27,10 @@ pub struct FrameDecoder {
     buffer: BytesMut,
     max_frame_bytes: usize,
     failure: Option<FrameError>,
+    /// Set when the buffer grew past [`RETAINED_BYTES`] for a frame. Its
+    /// capacity does not show that: after the frame is consumed, `capacity`
+    /// counts only the space behind it.
+    grown: bool,
 }
 
 impl FrameDecoder {
@@ -37,6 +41,7 @@ impl FrameDecoder {
             buffer: BytesMut::new(),
             max_frame_bytes,
             failure: None,
+            grown: false,
         }
     }
 
@@ -63,16 +68,26 @@ impl FrameDecoder {
     }
 
     /// Returns the buffer to read received bytes into directly, as
-    /// `AsyncReadExt::read_buf` does, with at least `min_spare` bytes free.
+    /// `AsyncReadExt::read_buf` does. It has at least `min_spare` bytes free,
+    /// or the rest of a partly received frame if that is less. The buffer
+    /// already has room for that rest, and growing it could double its size.
     /// Bytes read into it after a failure are never decoded. An empty buffer
     /// that grew for a large frame is released first, so a session that
     /// goes idle after one keeps only `min_spare` bytes.
     pub fn read_buffer(&mut self, min_spare: usize) -> &mut BytesMut {
-        if self.buffer.is_empty() && self.buffer.capacity() > min_spare.max(RETAINED_BYTES) {
+        if self.buffer.is_empty() && self.grown {
             self.buffer = BytesMut::new();
+            self.grown = false;
         }
-        if self.buffer.capacity() - self.buffer.len() < min_spare {
-            self.buffer.reserve(min_spare);
+        let wanted = match read_length_prefix(&self.buffer, self.max_frame_bytes) {
+            Ok(Some(length)) => {
+                let rest = (LENGTH_PREFIX_BYTES + length).saturating_sub(self.buffer.len());
+                min_spare.min(rest.max(1))
+            }
+            _ => min_spare,
+        };
+        if self.buffer.capacity() - self.buffer.len() < wanted {
+            self.buffer.reserve(wanted);
         }
         &mut self.buffer
     }
@@ -93,6 +108,7 @@ impl FrameDecoder {
             // each chunk. `length` is already within the limit, so this
             // requests at most `max_frame_bytes` + 4 bytes.
             self.buffer.reserve(frame_end - self.buffer.len());
+            self.grown |= frame_end > RETAINED_BYTES;
             return Ok(None);
         }
 

@@ -128,13 +128,18 @@ fn frames_before_an_error_are_returned() {
 }
 
 /// Reads `bytes` the way an upgraded session does: into the decoder's own
-/// buffer, at most `read_size` bytes at a time.
+/// buffer, each read taking at most `read_size` bytes and never more than
+/// the buffer's free space, as `AsyncReadExt::read_buf` does.
 fn read_through_buffer(decoder: &mut FrameDecoder, bytes: &[u8], read_size: usize) -> Vec<Frame> {
     let mut frames = Vec::new();
-    for piece in bytes.chunks(read_size) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
         let buffer = decoder.read_buffer(read_size);
-        assert!(buffer.capacity() - buffer.len() >= read_size);
+        let spare = buffer.capacity() - buffer.len();
+        assert!(spare > 0, "no room to read into");
+        let (piece, after) = rest.split_at(rest.len().min(read_size).min(spare));
         buffer.extend_from_slice(piece);
+        rest = after;
         while let Some(frame) = decoder.next_frame().expect("valid stream") {
             frames.push(frame);
         }
@@ -164,4 +169,23 @@ fn read_buffer_released_after_a_large_frame() {
     assert_eq!(frames, vec![large]);
     let kept = decoder.read_buffer(1024).capacity();
     assert!(kept < 64 * 1024, "an idle decoder kept {kept} bytes");
+}
+
+#[test]
+fn read_buffer_near_frame_end_not_doubled() {
+    let large = Frame::TaskResultChunk {
+        task_id: "t-near".into(),
+        payload: bytes::Bytes::from(vec![2u8; 200_000]),
+    };
+    let bytes = encode_to_vec(&large);
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+    // All but the last 10 bytes, in reads of at most 1 KiB.
+    let frames = read_through_buffer(&mut decoder, &bytes[..bytes.len() - 10], 1024);
+    assert!(frames.is_empty());
+    let capacity = decoder.read_buffer(1024).capacity();
+    assert!(
+        capacity < bytes.len() + 1024,
+        "a buffer for a {}-byte frame grew to {capacity}",
+        bytes.len()
+    );
 }

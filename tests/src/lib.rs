@@ -381,6 +381,20 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let stream = agent_tls_http1(addr, creds_dir).await?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection.with_upgrades());
+    Ok(sender)
+}
+
+/// Opens a TLS connection with the agent's certificate to the agent
+/// listener, offering only HTTP/1.1, for tests that write HTTP by hand.
+pub async fn agent_tls_http1(
+    addr: SocketAddr,
+    creds_dir: &Path,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let mut config = keygate_gateway::tls::client_config(
         &creds_dir.join("ca.pem"),
         Some((
@@ -394,15 +408,10 @@ where
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
-    let stream = TlsConnector::from(Arc::new(config))
+    TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").expect("name"), tcp)
         .await
-        .map_err(|e| e.to_string())?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection.with_upgrades());
-    Ok(sender)
+        .map_err(|e| e.to_string())
 }
 
 /// Opens an HTTP/2 connection over mTLS to the agent listener, for tests that speak the protocol by hand.

@@ -278,6 +278,8 @@ async fn shutdown_sends_go_away(transport: Transport) {
     });
     let (reason, _) = session.expect_go_away().await;
     assert_eq!(reason, GoAwayReason::ShuttingDown);
+    // The server ends the stream itself after the GoAway.
+    assert_eq!(session.next().await, None);
     drop(session);
     let _server = tokio::time::timeout(Duration::from_secs(10), shutdown)
         .await
@@ -710,4 +712,112 @@ async fn upgrade_needs_a_valid_token() {
     .await;
     assert_eq!(forged.status(), http::StatusCode::UNAUTHORIZED);
     assert!(server.server().state().sessions.get(&creds.id).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_sent_with_the_upgrade_request_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let token = agent_token(&server, &creds).await;
+    let mut stream = keygate_tests::agent_tls_http1(server.agent_addr, &creds.dir)
+        .await
+        .unwrap();
+    // The request head and the first frame in one write, before any response,
+    // and an `Upgrade` header that lists another protocol first.
+    let mut bytes = format!(
+        "POST /v1/agent/session HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\
+         connection: Upgrade\r\nupgrade: h2c, keygate-session\r\ncontent-length: 0\r\n\r\n"
+    )
+    .into_bytes();
+    let mut hello = BytesMut::new();
+    Frame::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        max_concurrent_tasks: 1,
+        agent_version: "test".into(),
+        instance_id: "pipelined".into(),
+    }
+    .encode(&mut hello);
+    bytes.extend_from_slice(&hello);
+    stream.write_all(&bytes).await.unwrap();
+
+    // The response head ends with an empty line; frames follow it.
+    let mut received = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "the connection closed: {:?}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&chunk[..n]);
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: keygate-session"), "{head}");
+    let mut decoder = FrameDecoder::new(keygate_protocol::DEFAULT_MAX_FRAME_BYTES);
+    decoder.extend(&received[head_end..]);
+    let welcome = tokio::time::timeout(
+        Duration::from_secs(5),
+        stream::read_frame(&mut stream, &mut decoder, 1024),
+    )
+    .await
+    .expect("a frame within 5 s")
+    .unwrap();
+    assert!(
+        matches!(welcome, Some(Frame::Welcome { .. })),
+        "{welcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_with_body_or_http10_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let creds = server.create_agent(ACCOUNT).await;
+    let token = agent_token(&server, &creds).await;
+    let cases = [
+        (
+            "HTTP/1.1",
+            "content-length: 3\r\n",
+            "abc",
+            "400",
+            "send the hello frame after the 101 response",
+        ),
+        ("HTTP/1.0", "", "", "426", "the request used HTTP/1.0"),
+    ];
+    for (version, extra, body, status, detail) in cases {
+        let mut stream = keygate_tests::agent_tls_http1(server.agent_addr, &creds.dir)
+            .await
+            .unwrap();
+        let request = format!(
+            "POST /v1/agent/session {version}\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\
+             connection: upgrade\r\nupgrade: keygate-session\r\n{extra}\r\n{body}"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Both cases end with a complete problem document; read until it has arrived.
+        while !String::from_utf8_lossy(&answer).contains(detail) {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            assert!(n > 0, "{version}: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.contains(&format!(" {status} ")),
+            "{version}: {answer}"
+        );
+        assert!(server.server().state().sessions.get(&creds.id).is_none());
+    }
 }

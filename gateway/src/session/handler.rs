@@ -116,8 +116,9 @@ pub async fn open_session(
                 };
                 let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
                 let (ended_tx, writer_end) = oneshot::channel();
-                // Shutdown waits until nothing holds the state, so this hold
-                // lets a final GoAway reach the agent before the process exits.
+                // Shutdown waits up to RELEASE_WAIT (5 s) for the last
+                // reference to the state, so this clone gives a final GoAway
+                // that long to reach the agent before the process exits.
                 let hold = state.clone();
                 tokio::spawn(
                     async move {
@@ -159,21 +160,39 @@ pub async fn open_session(
     Ok(response)
 }
 
-/// How a session's frames travel.
+/// Carrier of a session's frames.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Transport {
     /// The request and response bodies of one HTTP/2 stream.
     Http2Stream,
-    /// The TLS connection itself, after an HTTP/1.1 upgrade. It holds no
+    /// The TLS connection itself, after an HTTP/1.1 upgrade. It has no
     /// HTTP/2 buffers, so an idle session costs the gateway less memory.
     Upgrade,
 }
 
 /// Picks the transport from the request's HTTP version and its `Upgrade`
-/// and `Connection` headers.
+/// and `Connection` headers. An upgrade request must be HTTP/1.1 and have no
+/// body: the agent's frames follow the 101 response.
 fn transport(req: &http::Request<Incoming>) -> Result<Transport, ApiError> {
-    if req.version() == http::Version::HTTP_2 {
-        return Ok(Transport::Http2Stream);
+    match req.version() {
+        http::Version::HTTP_2 => return Ok(Transport::Http2Stream),
+        http::Version::HTTP_11 => {}
+        other => {
+            return Err(ApiError::upgrade_required(format!(
+                "an agent session needs HTTP/1.1 with `Upgrade: {UPGRADE_PROTOCOL}`, or HTTP/2; the request used {other:?}"
+            )))
+        }
+    }
+    let has_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    if has_body && req.headers().contains_key(http::header::UPGRADE) {
+        return Err(ApiError::bad_request(
+            "invalid-upgrade",
+            "an upgrade request for a session has no body: send the hello frame after the 101 response",
+        ));
     }
     let header_has = |name: http::header::HeaderName, token: &str| {
         req.headers().get_all(name).iter().any(|value| {
@@ -184,11 +203,11 @@ fn transport(req: &http::Request<Incoming>) -> Result<Transport, ApiError> {
                 .any(|part| part.trim().eq_ignore_ascii_case(token))
         })
     };
-    let asked = req
+    let requested = req
         .headers()
         .get(http::header::UPGRADE)
         .map(|value| value.to_str().unwrap_or("(not text)"));
-    match asked {
+    match requested {
         Some(_) if header_has(http::header::UPGRADE, UPGRADE_PROTOCOL) => {
             if header_has(http::header::CONNECTION, "upgrade") {
                 Ok(Transport::Upgrade)
@@ -264,6 +283,11 @@ async fn run_session(
     if let Some(old) = state.sessions.insert(session.clone()) {
         info!(old.session.id = %old.session_id, agent.instance = %hello.instance_id, "new session of the instance replaces the previous one");
         old.close(GoAwayReason::Replaced);
+    }
+    // Shutdown closes the sessions it finds registered. One that registers
+    // later, because its hello came in during the shutdown, closes itself.
+    if state.is_draining() {
+        session.close(GoAwayReason::ShuttingDown);
     }
     state.metrics.agent_sessions.inc();
     info!(capacity, agent.instance = %hello.instance_id, agent.version = %hello.agent_version, "agent session open");
@@ -610,7 +634,7 @@ impl std::fmt::Display for ReadError {
     }
 }
 
-/// Where the agent's frames arrive.
+/// Source of the agent's frames.
 enum Inbound {
     /// The request body of an HTTP/2 stream.
     Stream(Incoming),

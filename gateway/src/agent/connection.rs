@@ -77,10 +77,13 @@ pub async fn run_session(
     let response = connection.send(request, "session request").await?;
     let status = response.status();
     if status != http::StatusCode::SWITCHING_PROTOCOLS {
-        let body = response
-            .into_body()
-            .collect()
+        // Bounded in time and size: a server that does not know the upgrade
+        // may respond with a session stream that does not end.
+        let body = http_body_util::Limited::new(response.into_body(), 64 * 1024);
+        let body = tokio::time::timeout(REQUEST_TIMEOUT, body.collect())
             .await
+            .ok()
+            .and_then(Result::ok)
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let detail = problem_detail(&body);
@@ -102,13 +105,9 @@ pub async fn run_session(
     let (frames_tx, frames_rx) = mpsc::channel::<Bytes>(256);
     // Aborted when the session ends, so a connection the session gave up on
     // closes at once instead of when the last running task lets go of its sender.
-    let _writer = AbortOnDrop(tokio::spawn(async move {
+    let mut writer = AbortOnDrop(tokio::spawn(async move {
         let mut frames = frames_rx;
-        if let stream::WriteEnd::Failed(error) =
-            stream::write_frames(writer, &mut frames, REQUEST_TIMEOUT).await
-        {
-            debug!(%error, "sending frames to the gateway failed");
-        }
+        stream::write_frames(writer, &mut frames, REQUEST_TIMEOUT).await
     }));
     let hello = Frame::Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -128,6 +127,10 @@ pub async fn run_session(
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     // Refreshing needs protocol version 2 on both sides; Welcome carries the session's version.
     let mut refresh_at: Option<tokio::time::Instant> = None;
+    // A login in progress. The session's connection carries only frames, so
+    // the new token comes over a connection of its own, while the loop goes
+    // on reading frames and replying to pings.
+    let mut refreshing: Option<Refresh<'_>> = None;
     // The version agreed in Welcome; 0 until it arrives.
     let mut session_version = 0u16;
 
@@ -135,10 +138,14 @@ pub async fn run_session(
     let end = loop {
         let frame = tokio::select! {
             frame = next_frame(&mut reader, &mut decoder) => frame?,
-            _ = sleep_until_some(refresh_at) => {
-                // The session's connection carries only frames now, so the
-                // new token comes over a connection of its own.
-                refresh_at = match refresh_token(options, tls.clone()).await {
+            _ = sleep_until_some(refresh_at), if refreshing.is_none() => {
+                refresh_at = None;
+                refreshing = Some(Box::pin(refresh_token(options, tls.clone())));
+                continue;
+            }
+            refreshed = async { refreshing.as_mut().expect("checked by the guard").await }, if refreshing.is_some() => {
+                refreshing = None;
+                refresh_at = match refreshed {
                     Ok((token, _)) => {
                         debug!("sending a refreshed token");
                         let _ = frames_tx.send(encode_frame(&Frame::TokenRefresh { access_token: token })).await;
@@ -156,6 +163,17 @@ pub async fn run_session(
                     break Err(AgentError::Stream(format!("no frame from the gateway for {} ms", silence_limit.as_millis())));
                 }
                 continue;
+            }
+            ended = &mut writer.0 => {
+                let reason = match ended {
+                    Ok(stream::WriteEnd::TimedOut) => format!(
+                        "the gateway took no frame within {} s",
+                        REQUEST_TIMEOUT.as_secs()
+                    ),
+                    Ok(stream::WriteEnd::Failed(error)) => format!("sending frames to the gateway failed: {error}"),
+                    Ok(stream::WriteEnd::Closed) | Err(_) => "the frame writer stopped".to_owned(),
+                };
+                break Err(AgentError::Stream(reason));
             }
             _ = crate::stopped(shutdown) => break Ok(SessionEnd::Shutdown),
         };
@@ -281,10 +299,15 @@ pub async fn run_session(
     end
 }
 
-/// Ends a spawned task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A token refresh in progress: the new token and its lifetime.
+type Refresh<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(String, Duration), AgentError>> + Send + 'a>,
+>;
 
-impl Drop for AbortOnDrop {
+/// Ends a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -415,11 +438,16 @@ async fn login(
         .expect("a valid request");
     let response = connection.send(request, "token request").await?;
     let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
+    let body = http_body_util::Limited::new(response.into_body(), 64 * 1024);
+    let body = tokio::time::timeout(REQUEST_TIMEOUT, body.collect())
         .await
-        .map_err(|e| AgentError::Stream(e.to_string()))?
+        .map_err(|_| {
+            AgentError::Stream(format!(
+                "the token response did not end within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| AgentError::Stream(format!("reading the token response failed: {e}")))?
         .to_bytes();
     if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::BAD_REQUEST {
         return Err(AgentError::Unauthorized(format!(

@@ -321,9 +321,13 @@ async fn newcomer_walkthrough_and_log_scan() {
         logs.contains(&agent_id),
         "control: the logs name the agent id, so the scan reads the right text"
     );
+    let opened = logs
+        .lines()
+        .find(|line| line.contains("agent session open"))
+        .expect("the server logged the session");
     assert!(
-        logs.contains("agent session open"),
-        "control: the server logged the session"
+        opened.contains(r#""transport":"upgrade""#),
+        "the reference agent's session runs on an upgraded connection: {opened}"
     );
     assert!(
         logs.contains("agent session closed by the agent"),

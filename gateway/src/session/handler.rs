@@ -290,7 +290,7 @@ async fn run_session(
         session.close(GoAwayReason::ShuttingDown);
     }
     state.metrics.agent_sessions.inc();
-    info!(capacity, agent.instance = %hello.instance_id, agent.version = %hello.agent_version, "agent session open");
+    info!(capacity, agent.instance = %hello.instance_id, agent.version = %hello.agent_version, transport = body.name(), "agent session open");
     record_first_connection(&state, &info.agent_id);
 
     let mut results = PartialResults::new(state.config.gateway.max_result_bytes);
@@ -647,6 +647,14 @@ enum Inbound {
 }
 
 impl Inbound {
+    /// The transport's name in logs: `upgrade` or `http2`.
+    fn name(&self) -> &'static str {
+        match self {
+            Inbound::Stream(_) => "http2",
+            Inbound::Upgraded { .. } => "upgrade",
+        }
+    }
+
     /// Refines why frames could not be queued. On an upgraded session a
     /// closed queue means the writer ended, and the writer's outcome says
     /// whether the agent stopped reading or the connection failed.

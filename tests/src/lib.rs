@@ -395,6 +395,16 @@ pub async fn agent_tls_http1(
     addr: SocketAddr,
     creds_dir: &Path,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    agent_tls(addr, creds_dir, b"http/1.1").await
+}
+
+/// Opens a TLS connection with the agent's certificate in `creds_dir` to
+/// the agent listener, offering `alpn` as the only application protocol.
+async fn agent_tls(
+    addr: SocketAddr,
+    creds_dir: &Path,
+    alpn: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let mut config = keygate_gateway::tls::client_config(
         &creds_dir.join("ca.pem"),
         Some((
@@ -404,7 +414,7 @@ pub async fn agent_tls_http1(
         false,
     )
     .map_err(|e| e.to_string())?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -424,22 +434,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let config = keygate_gateway::tls::client_config(
-        &creds_dir.join("ca.pem"),
-        Some((
-            &creds_dir.join("client.pem"),
-            &creds_dir.join("client-key.pem"),
-        )),
-        true,
-    )
-    .map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let stream = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let stream = agent_tls(addr, creds_dir, b"h2").await?;
     let (sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await

@@ -647,7 +647,7 @@ enum Inbound {
 }
 
 impl Inbound {
-    /// The transport's name in logs: `upgrade` or `http2`.
+    /// Returns the transport's name for logs: `upgrade` or `http2`.
     fn name(&self) -> &'static str {
         match self {
             Inbound::Stream(_) => "http2",
@@ -656,7 +656,7 @@ impl Inbound {
     }
 
     /// Refines why frames could not be queued. On an upgraded session a
-    /// closed queue means the writer ended, and the writer's outcome says
+    /// closed queue means the writer ended, and the writer's outcome shows
     /// whether the agent stopped reading or the connection failed.
     fn explain(&mut self, end: End) -> End {
         let Inbound::Upgraded { writer_end, .. } = self else {

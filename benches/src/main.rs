@@ -133,8 +133,8 @@ struct SessionsArgs {
     /// Then drop every session at once and time their reconnection.
     #[arg(long)]
     storm: bool,
-    /// How each session carries its frames: an HTTP/1.1 connection upgraded
-    /// to bare frames (what the reference agent uses), or an HTTP/2 stream.
+    /// Carrier of each session's frames: an HTTP/1.1 connection upgraded to
+    /// bare frames (as the reference agent connects), or an HTTP/2 stream.
     #[arg(long, value_enum, default_value_t = sessions::Transport::Upgrade)]
     transport: sessions::Transport,
 }

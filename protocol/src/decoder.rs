@@ -79,15 +79,15 @@ impl FrameDecoder {
             self.buffer = BytesMut::new();
             self.grown = false;
         }
-        let wanted = match read_length_prefix(&self.buffer, self.max_frame_bytes) {
+        let needed = match read_length_prefix(&self.buffer, self.max_frame_bytes) {
             Ok(Some(length)) => {
                 let rest = (LENGTH_PREFIX_BYTES + length).saturating_sub(self.buffer.len());
                 min_spare.min(rest.max(1))
             }
             _ => min_spare,
         };
-        if self.buffer.capacity() - self.buffer.len() < wanted {
-            self.buffer.reserve(wanted);
+        if self.buffer.capacity() - self.buffer.len() < needed {
+            self.buffer.reserve(needed);
         }
         &mut self.buffer
     }

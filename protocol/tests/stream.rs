@@ -167,8 +167,11 @@ fn read_buffer_released_after_a_large_frame() {
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
     let frames = read_through_buffer(&mut decoder, &encode_to_vec(&large), 1024);
     assert_eq!(frames, vec![large]);
-    let kept = decoder.read_buffer(1024).capacity();
-    assert!(kept < 64 * 1024, "an idle decoder kept {kept} bytes");
+    let retained = decoder.read_buffer(1024).capacity();
+    assert!(
+        retained < 64 * 1024,
+        "an idle decoder retained {retained} bytes"
+    );
 }
 
 #[test]

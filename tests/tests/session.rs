@@ -747,7 +747,7 @@ async fn hello_sent_with_the_upgrade_request_is_read() {
         let mut chunk = [0u8; 512];
         let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
             .await
-            .expect("an answer within 5 s")
+            .expect("a response within 5 s")
             .unwrap();
         assert!(
             n > 0,
@@ -808,7 +808,7 @@ async fn upgrade_with_body_or_http10_refused() {
         while !String::from_utf8_lossy(&answer).contains(detail) {
             let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
                 .await
-                .expect("an answer within 5 s")
+                .expect("a response within 5 s")
                 .unwrap();
             assert!(n > 0, "{version}: {}", String::from_utf8_lossy(&answer));
             answer.extend_from_slice(&chunk[..n]);

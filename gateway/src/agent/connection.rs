@@ -55,7 +55,7 @@ pub enum SessionEnd {
 
 type RequestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
-/// Free buffer space the agent reads its session into at least.
+/// Minimum free buffer space for each read of the agent's session.
 const MIN_READ_SPACE: usize = 8 * 1024;
 
 pub async fn run_session(
@@ -369,12 +369,12 @@ impl GatewayConnection {
         })
     }
 
-    /// Sends one request and returns the response head. `what` names the
-    /// request in errors.
+    /// Sends one request and returns the response head. `request_name`
+    /// names the request in errors.
     async fn send(
         &mut self,
         request: http::Request<RequestBody>,
-        what: &str,
+        request_name: &str,
     ) -> Result<http::Response<hyper::body::Incoming>, AgentError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.sender.send_request(request)).await {
             Ok(Ok(response)) => Ok(response),
@@ -388,10 +388,12 @@ impl GatewayConnection {
                 {
                     return Err(rejected(&self.gateway, alert));
                 }
-                Err(AgentError::Stream(format!("the {what} failed: {error}")))
+                Err(AgentError::Stream(format!(
+                    "the {request_name} failed: {error}"
+                )))
             }
             Err(_) => Err(AgentError::Stream(format!(
-                "the {what} got no response within {} s",
+                "the {request_name} got no response within {} s",
                 REQUEST_TIMEOUT.as_secs()
             ))),
         }

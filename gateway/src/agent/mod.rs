@@ -1,4 +1,4 @@
-//! The reference agent: logs in over mTLS, holds one session to the gateway
+//! The reference agent: logs in over mTLS, keeps one session open to the gateway
 //! on an upgraded HTTP/1.1 connection, runs the tasks it receives and
 //! reconnects with backoff.
 

@@ -2,7 +2,7 @@
 //!
 //! With TLS 1.2 the rejection ends the handshake. With TLS 1.3 the client
 //! finishes its side of the handshake before the gateway checks the
-//! certificate, so the alert arrives on the first read, where the answer to
+//! certificate, so the alert arrives on the first read, where the response to
 //! the first request would be. [`FirstReadWatch`] catches the rustls error
 //! there, below the HTTP layer, whose errors need not keep it.
 

@@ -221,7 +221,7 @@ fn transport(req: &http::Request<Incoming>) -> Result<Transport, ApiError> {
             "cannot upgrade a session to {protocols:?}: this gateway upgrades only to {UPGRADE_PROTOCOL:?}"
         ))),
         None => Err(ApiError::upgrade_required(format!(
-            "an agent session over HTTP/1.1 needs the headers `Connection: upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`; or use HTTP/2"
+            "an agent session over HTTP/1.1 needs the headers `Connection: upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`, or HTTP/2 instead"
         ))),
     }
 }
@@ -670,7 +670,7 @@ impl Inbound {
     }
 }
 
-/// Free buffer space an upgraded session reads into at least.
+/// Minimum free buffer space for each read on an upgraded session.
 const MIN_READ_SPACE: usize = 1024;
 
 /// Reads the next whole frame; `Ok(None)` when the agent ended its stream.

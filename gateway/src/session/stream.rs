@@ -23,8 +23,8 @@ pub enum StreamError {
     Frame(#[from] FrameError),
 }
 
-/// Reads the next whole frame; `Ok(None)` when the peer closed the stream
-/// between frames. `min_space` is the free buffer space reserved for each
+/// Reads the next whole frame, or returns `Ok(None)` when the peer closed the
+/// stream between frames. `min_space` is the free buffer space reserved for each
 /// read: an idle session keeps that much, and the decoder reserves a whole
 /// frame as soon as it has read the frame's length.
 pub async fn read_frame<R: AsyncRead + Unpin>(
@@ -53,7 +53,7 @@ const JOIN_LIMIT: usize = 16 * 1024;
 /// Outcome of [`write_frames`].
 #[derive(Debug)]
 pub enum WriteEnd {
-    /// Every sender is gone, and the last frame was written; then the stream
+    /// Every sender is gone, and the last frame was written. Then the stream
     /// was shut down, or the shutdown failed or timed out.
     Closed,
     Failed(std::io::Error),

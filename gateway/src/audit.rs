@@ -13,6 +13,7 @@
 //! each request its sequence number. A read while no other API request is in
 //! flight stores its record at once.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +22,7 @@ use keygate_auth::Principal;
 use keygate_vault::audit::{
     AuditError, AuditEvent, AuditKey, AuditLog, AuditOptions, BatchOutcome,
 };
-use keygate_vault::{ErrorKind, KvStore, Vault, VaultError};
+use keygate_vault::{ErrorKind, KvStore, SecretLocation, Vault, VaultError};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 use tokio::sync::{oneshot, Semaphore};
 
@@ -47,6 +48,8 @@ pub struct AuditContext {
     pub account: String,
     /// The project id from the path, as sent.
     pub project: String,
+    /// Details added to every event built from this context.
+    pub details: BTreeMap<String, String>,
 }
 
 impl AuditContext {
@@ -57,6 +60,7 @@ impl AuditContext {
             actor: principal.subject.clone(),
             account: principal.account.clone(),
             project: project.to_owned(),
+            details: BTreeMap::new(),
         }
     }
 
@@ -67,7 +71,15 @@ impl AuditContext {
             actor: String::new(),
             account: String::new(),
             project: project.to_owned(),
+            details: BTreeMap::new(),
         }
+    }
+
+    /// Returns this context with `details` added to its events' details.
+    pub fn with_details(&self, details: BTreeMap<String, String>) -> AuditContext {
+        let mut context = self.clone();
+        context.details.extend(details);
+        context
     }
 
     /// Builds the event of one access in this context.
@@ -87,9 +99,40 @@ impl AuditContext {
             version,
             operation,
             outcome,
-            details: Default::default(),
+            details: self.details.clone(),
         }
     }
+}
+
+/// Returns the audit details of an access to `location`: `hosted_secret`
+/// for a hosted secret, or `provider` and `location_hmac`, the HMAC of
+/// [`SecretLocation::external_id`]. A customer's secret ids can name its
+/// systems and environments, so records do not hold them as text.
+pub fn location_details(
+    state: &SharedState,
+    location: &SecretLocation,
+) -> BTreeMap<String, String> {
+    let mut details = BTreeMap::new();
+    match (location, location.external_id()) {
+        (SecretLocation::Hosted { secret, .. }, _) => {
+            details.insert("hosted_secret".to_owned(), secret.clone());
+        }
+        (_, Some(id)) => {
+            details.insert("provider".to_owned(), location.provider().to_owned());
+            match state.audit.hmac(&id) {
+                Ok(hmac) => {
+                    details.insert("location_hmac".to_owned(), hmac);
+                }
+                // The key is loaded when the vault opens, and a definition
+                // is only read from an open vault, so this is not expected.
+                Err(error) => {
+                    tracing::warn!(error = %error, provider = location.provider(), "an audit record lacks the HMAC of its external location");
+                }
+            }
+        }
+        (_, None) => {}
+    }
+    details
 }
 
 fn request_id<B>(req: &http::Request<B>) -> String {
@@ -506,6 +549,7 @@ mod tests {
             actor: "runner".into(),
             account: "acme".into(),
             project: "etl".into(),
+            details: BTreeMap::new(),
         };
         ctx.event(secret, Some(1), AuditOp::ReadValue, AuditOutcome::Success)
     }

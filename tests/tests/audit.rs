@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use keygate_tests::process::keygate_bin;
+use keygate_tests::vault_mock::VaultMock;
 use keygate_tests::{HttpsClient, TestServer, ACCOUNT};
 use keygate_vault::audit::seq_key;
 use keygate_vault::{KvStore, ProjectRef, RocksStore, SecretValue, Space, StoreError, WriteBatch};
@@ -107,6 +108,7 @@ async fn resolve_is_recorded() {
     assert_eq!(record["version"], 1);
     assert_eq!(record["operation"], "resolve");
     assert_eq!(record["outcome"], "success");
+    assert_eq!(record["details"], json!({"hosted_secret": "warehouse"}));
     assert_eq!(record["hash"].as_str().unwrap().len(), 64);
 
     for record in records(&server) {
@@ -131,6 +133,7 @@ async fn definition_write_is_recorded_twice() {
     for record in &found {
         assert_eq!(record["operation"], "put_definition");
         assert_eq!(record["secret"], "pg-def");
+        assert_eq!(record["details"], json!({"hosted_secret": "warehouse"}));
     }
     let seqs: Vec<u64> = found.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs[0] < seqs[1], "started comes first: {seqs:?}");
@@ -233,6 +236,116 @@ async fn hash_endpoint_matches_log_key() {
         hmac
     );
     restarted.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_location_is_recorded_as_hmac() {
+    const TOKEN: &str = "hvs.audit-token";
+    let vault = VaultMock::start().await;
+    vault.add_token(TOKEN);
+    vault.put("secret", "etl/db", json!({"password": "vault-pw"}));
+    let server = TestServer::start().await;
+    let admin = server.admin_token.clone();
+    let admin_call = |method: Method, path: &str, body: Value| {
+        let (api, admin, path) = (server.api(), admin.clone(), path.to_owned());
+        async move {
+            let (status, headers, body) =
+                api.request(method, &path, Some(&admin), Some(body)).await;
+            assert!(status.is_success(), "{path}: {status} {body}");
+            (headers, body)
+        }
+    };
+    admin_call(
+        Method::PUT,
+        "/v1/projects/ops/secrets/vault-token",
+        json!({"value": TOKEN}),
+    )
+    .await;
+    admin_call(
+        Method::PUT,
+        "/v1/connections/vault",
+        json!({"connection": {"type": "hashicorp_vault", "address": vault.url(),
+               "auth": {"method": "token", "token": {"project": "ops", "secret": "vault-token"}}}}),
+    )
+    .await;
+    let define = |name: &'static str, path: &'static str| {
+        admin_call(
+            Method::PUT,
+            &format!("/v1/projects/etl/secret-definitions/{name}"),
+            json!({"location": {"type": "hashicorp_vault", "mount": "secret", "path": path,
+                   "key": "password", "connection": "vault"}}),
+        )
+    };
+    let (defined, _) = define("db", "etl/db").await;
+    define("gone", "etl/missing").await;
+    let keys_admin = server.token(ACCOUNT, &["keys:admin"], None);
+    let hmac_of = |value: &'static str| {
+        let (api, token) = (server.api(), keys_admin.clone());
+        async move {
+            let (status, _, body) = api
+                .request(
+                    Method::POST,
+                    "/v1/admin/audit/hash",
+                    Some(&token),
+                    Some(json!({"value": value})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["hmac"].as_str().expect("hmac").to_owned()
+        }
+    };
+    let expected = |hmac: String| json!({"provider": "hashicorp_vault", "location_hmac": hmac});
+
+    // The definition's two records carry the HMAC of the secret's id at
+    // the provider, which the hash endpoint computes from the id's text.
+    let found = records_of(&server, &request_id(&defined));
+    assert_eq!(found.len(), 2, "{found:?}");
+    for record in &found {
+        assert_eq!(record["details"], expected(hmac_of("secret/etl/db").await));
+    }
+
+    let runner = runner_token(&server);
+    let resolve = |name: &'static str| {
+        let (api, runner) = (server.api(), runner.clone());
+        async move {
+            api.request(
+                Method::GET,
+                &format!("/v1/projects/etl/secret-definitions/{name}/value"),
+                Some(&runner),
+                None,
+            )
+            .await
+        }
+    };
+    let (status, headers, body) = resolve("db").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["value"], "vault-pw");
+    let found = records_of(&server, &request_id(&headers));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["outcome"], "success");
+    assert_eq!(
+        found[0]["details"],
+        expected(hmac_of("secret/etl/db").await)
+    );
+
+    // A lookup that fails at the provider names the location it tried.
+    let (status, headers, body) = resolve("gone").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let found = records_of(&server, &request_id(&headers));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["outcome"], "not_found");
+    assert_eq!(
+        found[0]["details"],
+        expected(hmac_of("secret/etl/missing").await)
+    );
+
+    for record in records(&server) {
+        let text = record.to_string();
+        assert!(
+            !text.contains("etl/db") && !text.contains("vault-pw"),
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,33 @@ impl SecretLocation {
         }
     }
 
+    /// Returns the secret's id at its external provider, in the form its
+    /// users write it: the AWS secret id (a name or an ARN),
+    /// `{vault_url}/secrets/{name}` for Azure,
+    /// `projects/{project}/secrets/{secret}` for GCP, and `{mount}/{path}`
+    /// for HashiCorp Vault. Versions, JSON keys and connections are left
+    /// out. None for a hosted secret.
+    pub fn external_id(&self) -> Option<String> {
+        match self {
+            SecretLocation::Hosted { .. } => None,
+            SecretLocation::AwsSecretsManager { secret_id, .. } => Some(secret_id.clone()),
+            SecretLocation::AzureKeyVault {
+                vault_url, name, ..
+            } => Some(format!(
+                "{}/secrets/{name}",
+                vault_url.trim_end_matches('/')
+            )),
+            SecretLocation::GcpSecretManager {
+                project, secret, ..
+            } => Some(format!("projects/{project}/secrets/{secret}")),
+            SecretLocation::HashicorpVault { mount, path, .. } => Some(format!(
+                "{}/{}",
+                mount.trim_matches('/'),
+                path.trim_start_matches('/')
+            )),
+        }
+    }
+
     /// Checks the fields of the location.
     ///
     /// Every string field, when present, must be non-empty, at most

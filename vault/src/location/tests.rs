@@ -314,3 +314,23 @@ fn fields_reject_controls_and_long_values() {
     };
     assert_rejected(&location, "mount", "sec\nret");
 }
+
+#[test]
+fn external_ids_name_the_secret_at_its_provider() {
+    assert_eq!(hosted("warehouse").external_id(), None);
+    assert_eq!(aws().external_id().as_deref(), Some("prod/db"));
+    assert_eq!(
+        azure("https://kv.vault.azure.net/")
+            .external_id()
+            .as_deref(),
+        Some("https://kv.vault.azure.net/secrets/db-password")
+    );
+    assert_eq!(
+        gcp(Some("3")).external_id().as_deref(),
+        Some("projects/my-project/secrets/db")
+    );
+    assert_eq!(
+        hashicorp(Some(2)).external_id().as_deref(),
+        Some("secret/apps/db")
+    );
+}

@@ -147,6 +147,7 @@ impl Vault {
             value,
             definition: definition.name,
             source_version: Some(metadata.current_version),
+            location: definition.location,
         })
     }
 

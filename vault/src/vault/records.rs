@@ -116,6 +116,8 @@ pub struct Resolved {
     pub definition: String,
     /// Version of the hosted secret that was read; `None` for sources without versions.
     pub source_version: Option<u32>,
+    /// The definition's location when the value was read.
+    pub location: SecretLocation,
 }
 
 impl fmt::Debug for Resolved {
@@ -127,6 +129,7 @@ impl fmt::Debug for Resolved {
             )
             .field("definition", &self.definition)
             .field("source_version", &self.source_version)
+            .field("location", &self.location)
             .finish()
     }
 }

@@ -1,5 +1,7 @@
 //! Secret definitions and their resolution by runners; the project check shared by vault routes.
 
+use std::collections::BTreeMap;
+
 use http::StatusCode;
 use hyper::body::Incoming;
 use keygate_auth::{Principal, Scope};
@@ -125,6 +127,7 @@ pub async fn put_definition(
     };
 
     let provider = body.location.provider();
+    let ctx = ctx.with_details(audit::location_details(state, &body.location));
     let change = AuditedChange::begin(state, &ctx, name, None, operation).await?;
     let (p, n) = (project_ref.clone(), name.to_owned());
     let result = match blocking(move || vault.put_definition(&p, &n, body.location)).await {
@@ -299,9 +302,9 @@ pub async fn resolve(
             return Err(error);
         }
     };
-    let ctx = AuditContext::new(&req, &principal, project);
-
-    let result = resolve_to_json(state, &project_ref, name).await;
+    let mut details = BTreeMap::new();
+    let result = resolve_to_json(state, &project_ref, name, &mut details).await;
+    let ctx = AuditContext::new(&req, &principal, project).with_details(details);
     let version = match &result {
         Ok((_, resolved_version)) => *resolved_version,
         Err(_) => None,
@@ -326,11 +329,13 @@ pub async fn resolve(
 /// Resolves a definition into the response body, and returns the version of
 /// the hosted secret it read. An external definition is read from its
 /// provider or the lookup cache; its body names the provider and the
-/// provider's version id instead.
+/// provider's version id instead. Once the location is known, its audit
+/// details are put into `details`, also when the read then fails.
 async fn resolve_to_json(
     state: &SharedState,
     project: &ProjectRef,
     name: &str,
+    details: &mut BTreeMap<String, String>,
 ) -> Result<(serde_json::Value, Option<u32>), ApiError> {
     let vault = state.vault.get()?;
     // The vault resolves hosted definitions and refuses external ones, which
@@ -342,11 +347,13 @@ async fn resolve_to_json(
             if matches!(definition.location, SecretLocation::Hosted { .. }) {
                 point_read(|| vault.resolve(project, name))?
             } else {
+                *details = audit::location_details(state, &definition.location);
                 return resolve_external(state, project, &definition).await;
             }
         }
         other => other?,
     };
+    *details = audit::location_details(state, &resolved.location);
     let Some(text) = resolved.value.as_str() else {
         return Err(ApiError::internal(format!(
             "the value of definition {name:?} is not UTF-8 text"
@@ -443,7 +450,9 @@ pub async fn resolve_batch(
         .map(|name| {
             let (state, ctx, project_ref) = (state.clone(), ctx.clone(), project_ref.clone());
             tokio::spawn(async move {
-                let result = resolve_to_json(&state, &project_ref, &name).await;
+                let mut details = BTreeMap::new();
+                let result = resolve_to_json(&state, &project_ref, &name, &mut details).await;
+                let ctx = ctx.with_details(details);
                 let version = result.as_ref().ok().and_then(|(_, version)| *version);
                 let result =
                     audit::record_result(&state, &ctx, &name, version, operation, result).await;

@@ -375,7 +375,10 @@ async fn resolve_external(
 ) -> Result<(serde_json::Value, Option<u32>), ApiError> {
     let provider = definition.location.provider();
     let name = definition.name.as_str();
-    let value = external::resolver::resolve(state, project, definition)
+    // Boxed, because the providers' clients make this future about 30 KiB.
+    // Inline, it made the dispatch future that every API request allocates
+    // 33,888 bytes instead of 3,192.
+    let value = Box::pin(external::resolver::resolve(state, project, definition))
         .await
         .map_err(|error| {
             info!(

@@ -1,5 +1,6 @@
 //! The vault audit log end to end: records of resolutions, definition
-//! writes, connection changes and denied attempts, the HMAC endpoint,
+//! writes, hosted secret operations, connection changes and denied attempts,
+//! external locations recorded as HMACs, the HMAC endpoint,
 //! `keygate audit verify` on an intact and a tampered store and file, and
 //! refusal of accesses while records cannot be written.
 
@@ -236,6 +237,123 @@ async fn hash_endpoint_matches_log_key() {
         hmac
     );
     restarted.shutdown().await;
+}
+
+/// Returns `(operation, outcome, version)` of each record of one request.
+fn summary(server: &TestServer, headers: &HeaderMap) -> Vec<(String, String, Value)> {
+    records_of(server, &request_id(headers))
+        .into_iter()
+        .map(|record| {
+            (
+                record["operation"].as_str().unwrap().to_owned(),
+                record["outcome"].as_str().unwrap().to_owned(),
+                record["version"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosted_secret_operations_are_recorded() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token.clone();
+    let runner = runner_token(&server);
+    let call = |method: Method, path: &'static str, token: &str, body: Option<Value>| {
+        let (api, token) = (server.api(), token.to_owned());
+        async move {
+            let (status, headers, body) = api.request(method, path, Some(&token), body).await;
+            (status, headers, body)
+        }
+    };
+    let row = |operation: &str, outcome: &str, version: Value| {
+        (operation.to_owned(), outcome.to_owned(), version)
+    };
+    let secret = "/v1/projects/etl/secrets/warehouse";
+
+    let (status, headers, body) =
+        call(Method::PUT, secret, &admin, Some(json!({"value": VALUE}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        summary(&server, &headers),
+        vec![
+            row("write", "started", Value::Null),
+            row("write", "success", json!(1)),
+        ]
+    );
+
+    let value_path = "/v1/projects/etl/secrets/warehouse/value";
+    let (status, headers, body) = call(Method::GET, value_path, &runner, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        summary(&server, &headers),
+        vec![row("read_value", "success", json!(1))]
+    );
+
+    let missing_version = "/v1/projects/etl/secrets/warehouse/value?version=9";
+    let (status, headers, body) = call(Method::GET, missing_version, &runner, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(
+        summary(&server, &headers),
+        vec![row("read_value", "not_found", json!(9))]
+    );
+
+    let other_project = server.token(ACCOUNT, &["secrets:read"], Some(&["billing"]));
+    let (status, headers, body) = call(Method::GET, value_path, &other_project, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        summary(&server, &headers),
+        vec![row("read_value", "denied", Value::Null)]
+    );
+
+    let (status, headers, body) = call(Method::GET, secret, &admin, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        summary(&server, &headers),
+        vec![row("read_metadata", "success", Value::Null)]
+    );
+
+    let list = "/v1/projects/etl/secrets";
+    let (status, headers, body) = call(Method::GET, list, &admin, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        summary(&server, &headers),
+        vec![row("list", "success", Value::Null)]
+    );
+
+    let version_changes = [
+        ("/v1/projects/etl/secrets/warehouse/delete", "delete"),
+        ("/v1/projects/etl/secrets/warehouse/undelete", "undelete"),
+        ("/v1/projects/etl/secrets/warehouse/destroy", "destroy"),
+    ];
+    for (path, operation) in version_changes {
+        let (status, headers, body) =
+            call(Method::POST, path, &admin, Some(json!({"versions": [1]}))).await;
+        assert_eq!(status, StatusCode::OK, "{operation}: {body}");
+        assert_eq!(
+            summary(&server, &headers),
+            vec![
+                row(operation, "started", Value::Null),
+                row(operation, "success", json!(1)),
+            ],
+            "{operation}"
+        );
+    }
+
+    let (status, headers, body) = call(Method::DELETE, secret, &admin, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let found = summary(&server, &headers);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].0, "delete_secret");
+    assert_eq!(found[0].1, "started");
+    assert_eq!(found[1].0, "delete_secret");
+    assert_eq!(found[1].1, "success");
+
+    for record in records(&server) {
+        assert!(
+            !record.to_string().contains(VALUE),
+            "a record contains the value: {record}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

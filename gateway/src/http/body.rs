@@ -12,6 +12,7 @@ use hyper::body::{Body, Frame, Incoming};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
+use zeroize::Zeroizing;
 
 use super::problem::ApiError;
 
@@ -31,6 +32,39 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// Returns a JSON response whose body buffer is zeroed when the response is
+/// dropped, for bodies that carry a secret value. The buffer is sized before
+/// it is written, so no reallocation leaves a copy behind.
+// NOTE: hyper's HTTP/2 send buffer and rustls's record buffers still hold
+// copies of the body, which are not zeroed.
+pub fn secret_json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    let mut length = ByteCount(0);
+    serde_json::to_writer(&mut length, value).expect("API types serialize");
+    let mut buffer = Zeroizing::new(Vec::with_capacity(length.0));
+    serde_json::to_writer(&mut *buffer, value).expect("API types serialize");
+    let mut response = http::Response::new(full_body(Bytes::from_owner(buffer)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Reads the whole body, up to `limit` bytes (413 beyond it).

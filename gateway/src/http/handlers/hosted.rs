@@ -9,14 +9,14 @@ use http::StatusCode;
 use hyper::body::Incoming;
 use keygate_auth::{Principal, Scope};
 use keygate_vault::{MetadataUpdate, ProjectRef, PutOptions, SecretValue, Vault, VaultError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::info;
 
 use super::secrets::{json_type, project_for};
 use super::{blocking, page, point_read};
 use crate::audit::{self, AuditContext, AuditOp, AuditedChange};
-use crate::http::body::{json_response, read_json, Response};
+use crate::http::body::{json_response, read_json, secret_json_response, Response};
 use crate::http::problem::ApiError;
 use crate::http::router::VersionChange;
 use crate::http::ConnInfo;
@@ -135,6 +135,8 @@ pub async fn put_secret(
         AuditOp::Write,
     )
     .await?;
+    // NOTE: the request body and its parsed JSON contain copies of the value
+    // that are not zeroed. Only the `SecretValue` made from it is zeroed.
     let body = match read_json::<PutSecret>(req.into_body(), state.config.http.max_body_bytes).await
     {
         Ok(body) => body,
@@ -215,10 +217,22 @@ pub async fn read_value(
         account = %access.project.account, project = %access.project.project, secret.name = %name,
         secret.version = version, actor = %access.principal.subject, "secret value read"
     );
-    Ok(json_response(
+    Ok(secret_json_response(
         StatusCode::OK,
-        &json!({ "name": name, "version": version, "value": text }),
+        &ValueBody {
+            name,
+            value: text,
+            version,
+        },
     ))
+}
+
+/// The body of a value read, serialized without copying the value first.
+#[derive(Serialize)]
+struct ValueBody<'a> {
+    name: &'a str,
+    value: &'a str,
+    version: u32,
 }
 
 pub async fn get_secret(

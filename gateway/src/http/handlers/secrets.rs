@@ -359,6 +359,8 @@ async fn resolve_to_json(
             "the value of definition {name:?} is not UTF-8 text"
         )));
     };
+    // NOTE: unlike the body of a hosted secret read, this one contains a copy
+    // of the value that is not zeroed.
     let body = json!({
         "name": resolved.definition,
         "value": text,

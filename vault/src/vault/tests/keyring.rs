@@ -1,5 +1,6 @@
 use super::*;
 use crate::error::VaultError;
+use crate::store::StoreError;
 use crate::vault::VaultOptions;
 
 fn data_key_version_of(vault: &Vault, name: &str, version: u32) -> u32 {
@@ -157,6 +158,111 @@ fn master_rotation_wrong_key() {
         same.read_secret(&project(), "db", None).unwrap().0.as_str(),
         Some("value")
     );
+}
+
+/// A store that counts batch writes and fails them while `failing` is set;
+/// every other call goes to `inner`.
+struct FailingWrites {
+    inner: MemStore,
+    failing: std::sync::atomic::AtomicBool,
+    writes: std::sync::atomic::AtomicUsize,
+}
+
+impl KvStore for FailingWrites {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(space, key)
+    }
+
+    fn scan_prefix(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::KeyValue>, StoreError> {
+        self.inner.scan_prefix(space, prefix, start_after, limit)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Operation {
+                store: "test store".into(),
+                operation: "write",
+                space: None,
+                message: "injected failure".into(),
+                retryable: false,
+            });
+        }
+        self.inner.write(batch)
+    }
+}
+
+#[test]
+fn master_rotation_failed_write_keeps_old_key() {
+    let store = Arc::new(FailingWrites {
+        inner: MemStore::new(),
+        failing: Default::default(),
+        writes: Default::default(),
+    });
+    let shared: Arc<dyn KvStore> = store.clone();
+    let vault = Vault::new(
+        Arc::clone(&shared),
+        MasterKey::from_bytes(&[1; 32]).unwrap(),
+    );
+    vault.verify_master_key().unwrap();
+    vault.put_secret(&project(), "db", &text("value")).unwrap();
+    let other = ProjectRef::new("acme", "dev").unwrap();
+    vault.put_secret(&other, "x", &text("y")).unwrap();
+    vault.put_system_secret("signing", b"private").unwrap();
+    let before = store
+        .inner
+        .scan_prefix(Space::DataKeys, b"", None, 100)
+        .unwrap();
+
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let error = vault
+        .rotate_master(MasterKey::from_bytes(&[2; 32]).unwrap())
+        .unwrap_err();
+    assert!(error.to_string().contains("injected failure"), "{error}");
+    store
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+
+    // Nothing was written: every data key is still sealed by the old
+    // master key, which still opens the whole store.
+    assert_eq!(vault.master_key_version(), 0);
+    let after = store
+        .inner
+        .scan_prefix(Space::DataKeys, b"", None, 100)
+        .unwrap();
+    assert_eq!(after, before);
+    let reopened = Vault::new(shared, MasterKey::from_bytes(&[1; 32]).unwrap());
+    reopened.verify_master_key().unwrap();
+    let read = reopened.read_secret(&project(), "db", None).unwrap().0;
+    assert_eq!(read.as_str(), Some("value"));
+    let read = reopened.read_secret(&other, "x", None).unwrap().0;
+    assert_eq!(read.as_str(), Some("y"));
+    assert_eq!(
+        reopened
+            .get_system_secret("signing")
+            .unwrap()
+            .as_deref()
+            .map(Vec::as_slice),
+        Some(&b"private"[..])
+    );
+
+    // A rotation that succeeds makes all its changes in one batch.
+    let writes = || store.writes.load(std::sync::atomic::Ordering::SeqCst);
+    let before = writes();
+    vault
+        .rotate_master(MasterKey::from_bytes(&[2; 32]).unwrap())
+        .unwrap();
+    assert_eq!(writes() - before, 1);
+    assert_eq!(vault.master_key_version(), 1);
 }
 
 #[test]

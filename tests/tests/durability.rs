@@ -102,7 +102,8 @@ async fn write_until_cut(
         let filler: String = (0..filler_len)
             .map(|_| char::from(b'a' + (rng.next_u64() % 26) as u8))
             .collect();
-        let value = format!("{name}#{sequence}#{filler}");
+        // The value states its filler's length, so a cut value is detected.
+        let value = format!("{name}#{sequence}#{filler_len}#{filler}");
         let path = secret_path(&name, "");
         let body = json!({ "value": value });
         let (status, response) = match client
@@ -234,13 +235,29 @@ async fn verify_secret(
             // A write the kill cut off, stored but never acknowledged: it must
             // still be a whole value this test wrote.
             assert!(
-                value.starts_with(&format!("{name}#")),
+                is_whole_value(name, value),
                 "unacknowledged version {version} of {name} holds {value:?}"
             );
             unacknowledged += 1;
         }
     }
     unacknowledged
+}
+
+/// Returns whether `value` is `{name}#{sequence}#{length}#{filler}` with a
+/// filler of exactly `length` letters, as `write_until_cut` writes them.
+fn is_whole_value(name: &str, value: &str) -> bool {
+    let Some(rest) = value.strip_prefix(&format!("{name}#")) else {
+        return false;
+    };
+    let mut parts = rest.splitn(3, '#');
+    let (Some(sequence), Some(length), Some(filler)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    sequence.parse::<u64>().is_ok()
+        && length.parse::<usize>() == Ok(filler.len())
+        && filler.bytes().all(|byte| byte.is_ascii_lowercase())
 }
 
 async fn list_secret_names(client: &H2Client, token: &str) -> Vec<String> {
@@ -279,4 +296,13 @@ fn secret_path(name: &str, suffix: &str) -> String {
 
 fn count(acked: &Acked) -> usize {
     acked.lock().unwrap().values().map(BTreeMap::len).sum()
+}
+
+#[test]
+fn whole_value_check_rejects_cut_values() {
+    assert!(is_whole_value("r0-w1-2", "r0-w1-2#14#3#abc"));
+    assert!(is_whole_value("r0-w1-2", "r0-w1-2#14#0#"));
+    assert!(!is_whole_value("r0-w1-2", "r0-w1-2#14#3#ab"));
+    assert!(!is_whole_value("r0-w1-2", "r0-w1-2#14#3"));
+    assert!(!is_whole_value("r0-w1-2", "r0-w1-3#14#3#abc"));
 }

@@ -436,6 +436,60 @@ async fn data_key_rotation_reencryption_and_project_deletion() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_reencryption_resumes_after_restart() {
+    let mut server = TestServer::start().await;
+    let admin = server.admin_token.clone();
+    for n in 0..3 {
+        let path = secret(&format!("s{n}"), "");
+        let value = json!({"value": format!("v{n}")});
+        call(&server.api(), &admin, Method::PUT, &path, Some(value)).await;
+    }
+    let rotate = "/v1/projects/etl/data-keys/rotate";
+    let (status, keys) = call(&server.api(), &admin, Method::POST, rotate, None).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+
+    // The job is recorded as started but none of its steps runs before the
+    // server stops, as when a server is stopped in the middle of the job.
+    let vault = server.server().state().vault.get().expect("vault is open");
+    let started = vault.start_reencrypt().unwrap();
+    assert!(!started.done);
+    drop(vault);
+    server.restart().await;
+
+    let keys_admin = server.token(ACCOUNT, &["keys:admin"], None);
+    let progress_path = "/v1/admin/vault/reencrypt";
+    let mut progress = Value::Null;
+    for _ in 0..200 {
+        let (_, body) = call(&server.api(), &keys_admin, Method::GET, progress_path, None).await;
+        progress = body["progress"].clone();
+        if progress["done"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(progress["done"], true, "{progress}");
+    assert_eq!(progress["rewritten"], 3, "{progress}");
+    let (_, keys) = call(
+        &server.api(),
+        &admin,
+        Method::GET,
+        "/v1/projects/etl/data-keys",
+        None,
+    )
+    .await;
+    assert_eq!(keys["current_encryptions"], 3, "{keys}");
+    let (_, body) = call(
+        &server.api(),
+        &admin,
+        Method::GET,
+        &secret("s2", "/value"),
+        None,
+    )
+    .await;
+    assert_eq!(body["value"], "v2", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reencrypt_command_follows_the_job_to_the_end() {
     let server = TestServer::start().await;
     let api = server.api();

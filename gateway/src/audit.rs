@@ -107,7 +107,7 @@ impl AuditContext {
 /// Returns the audit details of an access to `location`: `hosted_secret`
 /// for a hosted secret, or `provider` and `location_hmac`, the HMAC of
 /// [`SecretLocation::external_id`]. A customer's secret ids can name its
-/// systems and environments, so records do not hold them as text.
+/// systems and environments, so records do not contain them as text.
 pub fn location_details(
     state: &SharedState,
     location: &SecretLocation,

@@ -25,6 +25,11 @@ pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
 
 pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     let body = serde_json::to_vec(value).expect("API types serialize");
+    json_bytes_response(status, Bytes::from(body))
+}
+
+/// Returns a response with `status` and `body`, typed as JSON.
+fn json_bytes_response(status: StatusCode, body: Bytes) -> Response {
     let mut response = http::Response::new(full_body(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -37,20 +42,14 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
 /// Returns a JSON response whose body buffer is zeroed when the response is
 /// dropped, for bodies that carry a secret value. The buffer is sized before
 /// it is written, so no reallocation leaves a copy behind.
-// NOTE: hyper's HTTP/2 send buffer and rustls's record buffers still hold
+// NOTE: hyper's HTTP/2 send buffer and rustls's record buffers still contain
 // copies of the body, which are not zeroed.
 pub fn secret_json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     let mut length = ByteCount(0);
     serde_json::to_writer(&mut length, value).expect("API types serialize");
     let mut buffer = Zeroizing::new(Vec::with_capacity(length.0));
     serde_json::to_writer(&mut *buffer, value).expect("API types serialize");
-    let mut response = http::Response::new(full_body(Bytes::from_owner(buffer)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    json_bytes_response(status, Bytes::from_owner(buffer))
 }
 
 /// A writer that only counts the bytes written to it.

@@ -1,7 +1,8 @@
 //! The vault audit log end to end: records of resolutions, definition
 //! writes, hosted secret operations, connection changes and denied attempts,
 //! external locations recorded as HMACs, the HMAC endpoint,
-//! `keygate audit verify` on an intact and a tampered store and file, and
+//! `keygate audit verify` on an intact and a tampered store and file,
+//! `keygate audit search`, and
 //! refusal of accesses while records cannot be written.
 
 use std::io::Write;
@@ -513,6 +514,135 @@ async fn hash_command_prints_hmac() {
         expected,
         "the final line break is not hashed"
     );
+}
+
+fn run_search(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(keygate_bin())
+        .args(["audit", "search", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run keygate audit search")
+}
+
+/// Returns the records printed by a search, one JSON object per line.
+fn printed_records(output: &Output) -> Vec<Value> {
+    text(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a record per line"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_command_finds_records() {
+    let server = TestServer::start().await;
+    put_secret(&server);
+    put_definition(&server, "warehouse-def").await;
+    let mut resolutions = Vec::new();
+    for _ in 0..2 {
+        let (status, headers, body) = resolve(&server, Some(&runner_token(&server))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        resolutions.push(request_id(&headers));
+    }
+    let (status, _, _) = resolve(&server, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let data = &server.config.data_dir;
+
+    // The store opens read-only, so searching works while the server runs.
+    let output = run_search(data, &["--operation", "resolve", "--outcome", "success"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let found = printed_records(&output);
+    let ids: Vec<&str> = found
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, resolutions);
+    assert!(
+        text(&output.stderr).starts_with("2 matched; "),
+        "{}",
+        text(&output.stderr)
+    );
+    assert_eq!(
+        found,
+        records_of(&server, &resolutions[0])
+            .into_iter()
+            .chain(records_of(&server, &resolutions[1]))
+            .collect::<Vec<_>>(),
+        "the stored records are printed as they are"
+    );
+
+    let output = run_search(data, &["--request-id", &resolutions[1]]);
+    assert_eq!(printed_records(&output).len(), 1);
+
+    let output = run_search(data, &["--outcome", "denied", "--secret", "warehouse-def"]);
+    let denied = printed_records(&output);
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["actor"], "", "the request had no token");
+
+    // Definition writes record the hosted secret they point to.
+    let output = run_search(
+        data,
+        &["--detail", "warehouse", "--operation", "put_definition"],
+    );
+    let outcomes: Vec<Value> = printed_records(&output)
+        .iter()
+        .map(|record| record["outcome"].clone())
+        .collect();
+    assert_eq!(outcomes, [json!("started"), json!("success")]);
+
+    let output = run_search(data, &["--operation", "resolve", "--limit", "1"]);
+    assert_eq!(output.status.code(), Some(0));
+    let first = printed_records(&output);
+    assert_eq!(first.len(), 1);
+    let next = first[0]["seq"].as_u64().unwrap() + 1;
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!("continue with --from-seq {next}")),
+        "{stderr}"
+    );
+    let output = run_search(
+        data,
+        &[
+            "--operation",
+            "resolve",
+            "--outcome",
+            "success",
+            "--from-seq",
+            &next.to_string(),
+        ],
+    );
+    let rest = printed_records(&output);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0]["request_id"], resolutions[1].as_str());
+
+    let output = run_search(data, &["--secret", "no-such-secret"]);
+    assert_eq!(output.status.code(), Some(1), "nothing matched");
+    assert!(output.stdout.is_empty());
+    let output = run_search(data, &["--since", "2100-01-01T00:00:00Z"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let output = run_search(data, &["--until", "2100-01-01T00:00:00Z"]);
+    assert_eq!(printed_records(&output).len(), records(&server).len());
+
+    for (args, expected) in [
+        (&["--operation", "read"][..], "expected one of read_value"),
+        (&["--since", "yesterday"][..], "not an RFC 3339 time"),
+        (
+            &[
+                "--since",
+                "2026-12-05T10:00:00Z",
+                "--until",
+                "2026-12-05T09:00:00Z",
+            ][..],
+            "--since must be before --until",
+        ),
+    ] {
+        let output = run_search(data, args);
+        assert_eq!(output.status.code(), Some(64), "{args:?}");
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let output = run_search(&server.dir.path().join("no-such-folder"), &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
 }
 
 /// Starts a new server on the stopped `server`'s data folder.

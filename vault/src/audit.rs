@@ -12,7 +12,8 @@
 //! details as [`AuditLog::hmac`], an HMAC-SHA256 under a key that is created
 //! once per installation and kept sealed in the vault ([`AuditKey`]).
 //! [`verify_store`] and [`verify_file`] detect a changed, removed, added or
-//! reordered record. The layout is in [`crate::layout`].
+//! reordered record, and [`search_store`] finds the records that match a
+//! filter. The layout is in [`crate::layout`].
 
 use std::fmt;
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ use crate::vault::Vault;
 
 mod file;
 mod record;
+mod search;
 mod verify;
 mod writer;
 
@@ -40,6 +42,7 @@ mod tests;
 pub use record::{
     AuditEvent, AuditOp, AuditOutcome, AuditRecord, ChainHead, GENESIS_HASH, MAX_FIELD_BYTES,
 };
+pub use search::{search_store, RecordFilter, SearchReport};
 pub use verify::{verify_file, verify_store, ChainProblem, Progress, VerifyReport};
 
 use writer::{Pending, Writer};

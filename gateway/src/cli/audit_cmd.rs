@@ -1,15 +1,23 @@
-//! `keygate audit verify` and `keygate audit hash`.
+//! `keygate audit verify`, `keygate audit search` and `keygate audit hash`.
 //!
 //! Exit codes of `verify`: 0 the log is intact, 1 a record was changed,
 //! removed, added or reordered (the message names the first bad record),
 //! 2 the store or file could not be read, 64 usage or configuration error.
+//!
+//! Exit codes of `search`, as grep's: 0 some record matched, 1 none did,
+//! 2 the store could not be read or the output could not be written, 64
+//! usage or configuration error.
 
 use std::io::{IsTerminal, Read, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use keygate_vault::audit::{self, AuditRecord, ChainHead, Progress, VerifyReport};
+use keygate_vault::audit::{
+    self, AuditOp, AuditOutcome, AuditRecord, ChainHead, Progress, RecordFilter, SearchReport,
+    VerifyReport,
+};
 use keygate_vault::{KvStore, RocksStore, Space};
 use serde_json::json;
 
@@ -29,6 +37,8 @@ const TERMINAL_EVERY: u64 = 5_000;
 pub enum AuditCommand {
     /// Check the audit log's hash chain in the store (opened read-only, so the server may run) and in a JSON-lines file.
     Verify(VerifyArgs),
+    /// Print the records of the store's audit log that match every given condition, as JSON lines (the store is opened read-only, so the server may run).
+    Search(SearchArgs),
     /// Print the HMAC that audit records carry for a sensitive string, computed by the running server.
     Hash(HashArgs),
 }
@@ -43,6 +53,48 @@ pub struct VerifyArgs {
 }
 
 #[derive(Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    source: ConfigSource,
+    /// Sequence number of the first record to read.
+    #[arg(long, default_value_t = 1)]
+    from_seq: u64,
+    /// Only records stored at or after this time, in RFC 3339 (such as 2026-12-05T10:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<u64>,
+    /// Only records stored before this time, in RFC 3339.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<u64>,
+    /// Only the records of this request (the `x-request-id` header of its response).
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Only records whose token subject is this one.
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only records of this account.
+    #[arg(long)]
+    account: Option<String>,
+    /// Only records of this project; records of connection changes have none.
+    #[arg(long)]
+    project: Option<String>,
+    /// Only records of this secret, definition or connection name.
+    #[arg(long)]
+    secret: Option<String>,
+    /// Only records of this operation, such as read_value or write.
+    #[arg(long, value_parser = parse_operation)]
+    operation: Option<AuditOp>,
+    /// Only records with this outcome, such as denied or success.
+    #[arg(long, value_parser = parse_outcome)]
+    outcome: Option<AuditOutcome>,
+    /// Only records with a detail of this value, such as the HMAC that `keygate audit hash` prints for a sensitive string.
+    #[arg(long)]
+    detail: Option<String>,
+    /// Stop after this many matching records.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+}
+
+#[derive(Args)]
 pub struct HashArgs {
     /// The string to hash; read from standard input (without its final line break) when left out, which keeps it out of the shell history.
     value: Option<String>,
@@ -53,34 +105,17 @@ pub struct HashArgs {
 pub async fn run(command: AuditCommand) -> i32 {
     match command {
         AuditCommand::Verify(args) => verify(args),
+        AuditCommand::Search(args) => search(args),
         AuditCommand::Hash(args) => hash(args).await,
     }
 }
 
 fn verify(args: VerifyArgs) -> i32 {
-    let config = match args.source.load() {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
+    let (config, store) = match open_store(&args.source) {
+        Ok(opened) => opened,
+        Err(code) => return code,
     };
     let db = config.db_dir();
-    if !db.exists() {
-        eprintln!(
-            "error: no store in {}; pass the server's --config or --data-dir",
-            db.display()
-        );
-        return EXIT_UNREADABLE;
-    }
-    let store = match RocksStore::open_read_only(&db) {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_UNREADABLE;
-        }
-    };
-
     println!("checking the audit log in {}", db.display());
     let report = match audit::verify_store(&store, &mut progress_printer()) {
         Ok(report) => report,
@@ -114,6 +149,137 @@ fn verify(args: VerifyArgs) -> i32 {
     } else {
         EXIT_FAILURE
     }
+}
+
+/// Loads the configuration and opens its store read-only; on failure, prints
+/// why and returns the exit code.
+fn open_store(source: &ConfigSource) -> Result<(crate::config::Config, RocksStore), i32> {
+    let config = source.load().map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_USAGE
+    })?;
+    let db = config.db_dir();
+    if !db.exists() {
+        eprintln!(
+            "error: no store in {}; pass the server's --config or --data-dir",
+            db.display()
+        );
+        return Err(EXIT_UNREADABLE);
+    }
+    let store = RocksStore::open_read_only(&db).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_UNREADABLE
+    })?;
+    Ok((config, store))
+}
+
+fn search(args: SearchArgs) -> i32 {
+    if let (Some(since), Some(until)) = (args.since, args.until) {
+        if since >= until {
+            eprintln!("error: --since must be before --until, or nothing can match");
+            return EXIT_USAGE;
+        }
+    }
+    let (_, store) = match open_store(&args.source) {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let filter = RecordFilter {
+        since_ms: args.since,
+        until_ms: args.until,
+        request_id: args.request_id,
+        actor: args.actor,
+        account: args.account,
+        project: args.project,
+        secret: args.secret,
+        operation: args.operation,
+        outcome: args.outcome,
+        detail_value: args.detail,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut output_error = None;
+    let mut printed = 0u64;
+    let result = audit::search_store(&store, &filter, args.from_seq, &mut |_, json| {
+        let written = out.write_all(json).and_then(|()| out.write_all(b"\n"));
+        if let Err(e) = written {
+            output_error = Some(e);
+            return ControlFlow::Break(());
+        }
+        printed += 1;
+        if args.limit.is_some_and(|limit| printed >= limit) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    let flushed = out.flush();
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: reading the audit log failed: {e}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    match output_error.map_or(flushed, Err) {
+        Ok(()) => {}
+        // A reader such as `head` that has read enough closes the pipe.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return EXIT_OK,
+        Err(e) => {
+            eprintln!("error: writing the records failed: {e}");
+            return EXIT_UNREADABLE;
+        }
+    }
+    eprintln!("{}", search_summary(&report, args.from_seq, args.limit));
+    if report.matched > 0 {
+        EXIT_OK
+    } else {
+        EXIT_FAILURE
+    }
+}
+
+/// The line printed to stderr after a search.
+fn search_summary(report: &SearchReport, from_seq: u64, limit: Option<u64>) -> String {
+    let read = match (report.first_seq, report.last_seq) {
+        (Some(first), Some(last)) => format!(
+            "{} records read, from record {first} to record {last}",
+            report.scanned
+        ),
+        _ if from_seq > 1 => format!("no record from record {from_seq} on"),
+        _ => "the audit log has no records".to_owned(),
+    };
+    let mut summary = format!("{} matched; {read}", report.matched);
+    if let (true, Some(limit), Some(last)) = (report.stopped, limit, report.last_seq) {
+        summary.push_str(&format!(
+            "; stopped at --limit {limit}, continue with --from-seq {}",
+            last + 1
+        ));
+    }
+    summary
+}
+
+/// Parses an RFC 3339 time into milliseconds since the Unix epoch.
+fn parse_time(text: &str) -> Result<u64, String> {
+    let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time such as 2026-12-05T10:00:00Z: {e}"))?;
+    u64::try_from(time.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| "the time is before 1970, when no record can have been stored".to_owned())
+}
+
+fn parse_operation(text: &str) -> Result<AuditOp, String> {
+    AuditOp::from_name(text).ok_or_else(|| {
+        let names: Vec<&str> = AuditOp::ALL.iter().map(|op| op.as_str()).collect();
+        format!(
+            "not an audit operation; expected one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+fn parse_outcome(text: &str) -> Result<AuditOutcome, String> {
+    AuditOutcome::from_name(text).ok_or_else(|| {
+        let names: Vec<&str> = AuditOutcome::ALL.iter().map(|o| o.as_str()).collect();
+        format!("not an audit outcome; expected one of {}", names.join(", "))
+    })
 }
 
 /// Verifies the file's own chain, then checks that it agrees with the store.

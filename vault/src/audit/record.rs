@@ -74,7 +74,6 @@ impl AuditOp {
         AuditOp::DeleteConnection,
     ];
 
-    /// Returns the snake_case name, as stored in records.
     /// Returns whether the operation changes the vault. Records of such
     /// operations are always synced to disk before they are acknowledged.
     pub fn changes_vault(self) -> bool {
@@ -89,6 +88,12 @@ impl AuditOp {
         )
     }
 
+    /// Returns the operation named `name`, as stored in records.
+    pub fn from_name(name: &str) -> Option<AuditOp> {
+        AuditOp::ALL.into_iter().find(|op| op.as_str() == name)
+    }
+
+    /// Returns the snake_case name, as stored in records.
     pub fn as_str(self) -> &'static str {
         match self {
             AuditOp::ReadValue => "read_value",
@@ -160,6 +165,13 @@ impl AuditOutcome {
         AuditOutcome::Sealed,
         AuditOutcome::Error,
     ];
+
+    /// Returns the outcome named `name`, as stored in records.
+    pub fn from_name(name: &str) -> Option<AuditOutcome> {
+        AuditOutcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == name)
+    }
 
     /// Returns the snake_case name, as stored in records.
     pub fn as_str(self) -> &'static str {

@@ -162,6 +162,164 @@ fn operation_and_outcome_names_match_serde() {
 }
 
 #[test]
+fn names_parse_back() {
+    for operation in AuditOp::ALL {
+        assert_eq!(AuditOp::from_name(operation.as_str()), Some(operation));
+    }
+    for outcome in AuditOutcome::ALL {
+        assert_eq!(AuditOutcome::from_name(outcome.as_str()), Some(outcome));
+    }
+    assert_eq!(AuditOp::from_name("Read_Value"), None);
+    assert_eq!(AuditOutcome::from_name(""), None);
+}
+
+/// Appends records for secrets a, b, a, c, a: a and c as reads, b as a denied
+/// write, and the second a with an HMAC in its details.
+fn searchable_log(store: &Arc<MemStore>) {
+    let log = start(store);
+    let read = |secret: &str| AuditEvent {
+        operation: AuditOp::ReadValue,
+        ..event(secret, AuditOutcome::Success)
+    };
+    log.append(read("a")).unwrap();
+    log.append(AuditEvent {
+        operation: AuditOp::Write,
+        actor: "intruder".into(),
+        ..event("b", AuditOutcome::Denied)
+    })
+    .unwrap();
+    let mut details = BTreeMap::new();
+    details.insert("location_hmac".to_owned(), "ab12cd".to_owned());
+    log.append(AuditEvent {
+        details,
+        ..read("a")
+    })
+    .unwrap();
+    log.append(read("c")).unwrap();
+    log.append(read("a")).unwrap();
+}
+
+fn search_seqs(store: &dyn KvStore, filter: &RecordFilter, from: u64) -> (Vec<u64>, SearchReport) {
+    let mut seqs = Vec::new();
+    let report = search_store(store, filter, from, &mut |record, json| {
+        let parsed: AuditRecord = serde_json::from_slice(json).unwrap();
+        assert_eq!(&parsed, record, "the stored JSON is the record's");
+        seqs.push(record.seq);
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    (seqs, report)
+}
+
+#[test]
+fn search_matches_every_condition() {
+    let store = Arc::new(MemStore::default());
+    searchable_log(&store);
+    let all = RecordFilter::default();
+    assert_eq!(search_seqs(&*store, &all, 1).0, [1, 2, 3, 4, 5]);
+
+    let secret_a = RecordFilter {
+        secret: Some("a".into()),
+        ..RecordFilter::default()
+    };
+    let (seqs, report) = search_seqs(&*store, &secret_a, 1);
+    assert_eq!(seqs, [1, 3, 5]);
+    assert_eq!(
+        report,
+        SearchReport {
+            scanned: 5,
+            matched: 3,
+            first_seq: Some(1),
+            last_seq: Some(5),
+            stopped: false
+        }
+    );
+
+    let denied_writes = RecordFilter {
+        operation: Some(AuditOp::Write),
+        outcome: Some(AuditOutcome::Denied),
+        actor: Some("intruder".into()),
+        ..RecordFilter::default()
+    };
+    assert_eq!(search_seqs(&*store, &denied_writes, 1).0, [2]);
+
+    let by_hmac = RecordFilter {
+        detail_value: Some("AB12CD".into()),
+        ..RecordFilter::default()
+    };
+    assert_eq!(search_seqs(&*store, &by_hmac, 1).0, [3]);
+
+    let other_project = RecordFilter {
+        project: Some("elsewhere".into()),
+        ..secret_a.clone()
+    };
+    assert_eq!(search_seqs(&*store, &other_project, 1).0, Vec::<u64>::new());
+
+    let records = stored_records(&*store);
+    let window = RecordFilter {
+        since_ms: Some(records[0].time_ms),
+        until_ms: Some(records[0].time_ms),
+        ..RecordFilter::default()
+    };
+    assert_eq!(
+        search_seqs(&*store, &window, 1).0,
+        Vec::<u64>::new(),
+        "`until` is excluded"
+    );
+    let from_first = RecordFilter {
+        since_ms: Some(records[0].time_ms),
+        ..RecordFilter::default()
+    };
+    assert_eq!(search_seqs(&*store, &from_first, 1).0.len(), 5);
+}
+
+#[test]
+fn search_starts_at_sequence_and_stops_when_told() {
+    let store = Arc::new(MemStore::default());
+    searchable_log(&store);
+    let secret_a = RecordFilter {
+        secret: Some("a".into()),
+        ..RecordFilter::default()
+    };
+    let (seqs, report) = search_seqs(&*store, &secret_a, 2);
+    assert_eq!(seqs, [3, 5]);
+    assert_eq!(report.scanned, 4, "records 2 to 5");
+    assert_eq!((report.first_seq, report.last_seq), (Some(2), Some(5)));
+    assert_eq!(search_seqs(&*store, &secret_a, 0).0, [1, 3, 5]);
+    assert_eq!(
+        search_seqs(&*store, &secret_a, 6).1,
+        SearchReport::default()
+    );
+
+    let mut first = None;
+    let report = search_store(&*store, &secret_a, 1, &mut |record, _| {
+        first = Some(record.seq);
+        std::ops::ControlFlow::Break(())
+    })
+    .unwrap();
+    assert_eq!(first, Some(1));
+    assert!(report.stopped);
+    assert_eq!((report.scanned, report.matched), (1, 1));
+}
+
+#[test]
+fn search_names_an_unreadable_record() {
+    let store = Arc::new(MemStore::default());
+    searchable_log(&store);
+    put_raw(&*store, Space::Audit, &seq_key(3), b"{not json");
+    let error = search_store(&*store, &RecordFilter::default(), 1, &mut |_, _| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("record 3 is not a valid audit record"),
+        "{message}"
+    );
+    assert!(message.contains("keygate audit verify"), "{message}");
+}
+
+#[test]
 fn long_fields_are_cut() {
     let mut long = event(&"n".repeat(5000), AuditOutcome::Denied);
     long.actor = "é".repeat(1000);

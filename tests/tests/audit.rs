@@ -558,10 +558,24 @@ async fn search_command_finds_records() {
         .collect();
     assert_eq!(ids, resolutions);
     assert!(
-        text(&output.stderr).starts_with("2 matched; "),
+        text(&output.stderr).starts_with("2 matched, "),
         "{}",
         text(&output.stderr)
     );
+    let vault = server.server().state().vault.get().expect("vault is open");
+    for (line, record) in text(&output.stdout).lines().zip(&found) {
+        let seq = record["seq"].as_u64().unwrap();
+        let stored = vault
+            .store()
+            .get(Space::Audit, &seq_key(seq))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            line.as_bytes(),
+            &stored[..],
+            "record {seq} is printed as stored"
+        );
+    }
     assert_eq!(
         found,
         records_of(&server, &resolutions[0])
@@ -578,6 +592,40 @@ async fn search_command_finds_records() {
     let denied = printed_records(&output);
     assert_eq!(denied.len(), 1, "{denied:?}");
     assert_eq!(denied[0]["actor"], "", "the request had no token");
+    let output = run_search(
+        data,
+        &[
+            "--outcome",
+            "error",
+            "--outcome",
+            "denied",
+            "--secret",
+            "warehouse-def",
+        ],
+    );
+    assert_eq!(
+        printed_records(&output),
+        denied,
+        "repeated conditions match any"
+    );
+
+    // `--since` includes a record's own time and `--until` excludes it.
+    let first_resolution = &found[0];
+    let millis = first_resolution["time_ms"].as_u64().unwrap();
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let output = run_search(data, &["--request-id", &resolutions[0], "--since", &at]);
+    assert_eq!(printed_records(&output).len(), 1, "--since {at}");
+    let output = run_search(data, &["--request-id", &resolutions[0], "--until", &at]);
+    assert_eq!(output.status.code(), Some(1), "--until {at}");
+    let seq = first_resolution["seq"].as_u64().unwrap().to_string();
+    let output = run_search(data, &["--from-seq", &seq, "--to-seq", &seq]);
+    assert_eq!(
+        printed_records(&output),
+        std::slice::from_ref(first_resolution)
+    );
 
     // Definition writes record the hosted secret they point to.
     let output = run_search(
@@ -633,8 +681,13 @@ async fn search_command_finds_records() {
                 "--until",
                 "2026-12-05T09:00:00Z",
             ][..],
-            "--since must be before --until",
+            "must be before --until",
         ),
+        (
+            &["--from-seq", "5", "--to-seq", "4"][..],
+            "--to-seq 4 is before --from-seq 5",
+        ),
+        (&["--limit", "0"][..], "--limit"),
     ] {
         let output = run_search(data, args);
         assert_eq!(output.status.code(), Some(64), "{args:?}");
@@ -643,6 +696,17 @@ async fn search_command_finds_records() {
     }
     let output = run_search(&server.dir.path().join("no-such-folder"), &[]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+
+    // Output that cannot be written is an error, unlike a closed pipe.
+    let output = Command::new(keygate_bin())
+        .args(["audit", "search", "--data-dir"])
+        .arg(data)
+        .stdout(std::fs::File::create("/dev/full").expect("open /dev/full"))
+        .output()
+        .expect("run keygate audit search");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("writing the records failed"), "{stderr}");
 }
 
 /// Starts a new server on the stopped `server`'s data folder.

@@ -24,7 +24,8 @@ use serde_json::json;
 use super::keys_cmd::{self, ApiArgs};
 use super::{ConfigSource, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 
-/// Exit code of `audit verify` when the store or file cannot be read.
+/// Exit code of `audit verify` and `audit search` when the store or file
+/// cannot be read, and of `audit search` when its output cannot be written.
 pub const EXIT_UNREADABLE: i32 = 2;
 
 /// Records between two progress lines when stdout is not a terminal.
@@ -59,6 +60,9 @@ pub struct SearchArgs {
     /// Sequence number of the first record to read.
     #[arg(long, default_value_t = 1)]
     from_seq: u64,
+    /// Sequence number of the last record to read; default: the last record.
+    #[arg(long)]
+    to_seq: Option<u64>,
     /// Only records stored at or after this time, in RFC 3339 (such as 2026-12-05T10:00:00Z).
     #[arg(long, value_parser = parse_time)]
     since: Option<u64>,
@@ -68,25 +72,25 @@ pub struct SearchArgs {
     /// Only the records of this request (the `x-request-id` header of its response).
     #[arg(long)]
     request_id: Option<String>,
-    /// Only records whose token subject is this one.
+    /// Only records whose actor (the token's `sub`) is this value.
     #[arg(long)]
     actor: Option<String>,
     /// Only records of this account.
     #[arg(long)]
     account: Option<String>,
-    /// Only records of this project; records of connection changes have none.
+    /// Only records of this project. Records of connection changes have no project.
     #[arg(long)]
     project: Option<String>,
     /// Only records of this secret, definition or connection name.
     #[arg(long)]
     secret: Option<String>,
-    /// Only records of this operation, such as read_value or write.
+    /// Only records of this operation, such as read_value or write. Repeat it to match any of several.
     #[arg(long, value_parser = parse_operation)]
-    operation: Option<AuditOp>,
-    /// Only records with this outcome, such as denied or success.
+    operation: Vec<AuditOp>,
+    /// Only records with this outcome, such as denied or success. Repeat it to match any of several.
     #[arg(long, value_parser = parse_outcome)]
-    outcome: Option<AuditOutcome>,
-    /// Only records with a detail of this value, such as the HMAC that `keygate audit hash` prints for a sensitive string.
+    outcome: Vec<AuditOutcome>,
+    /// Only records with a detail of this value, compared without regard to ASCII case, such as the HMAC that `keygate audit hash` prints for a sensitive string.
     #[arg(long)]
     detail: Option<String>,
     /// Stop after this many matching records.
@@ -174,16 +178,15 @@ fn open_store(source: &ConfigSource) -> Result<(crate::config::Config, RocksStor
 }
 
 fn search(args: SearchArgs) -> i32 {
-    if let (Some(since), Some(until)) = (args.since, args.until) {
-        if since >= until {
-            eprintln!("error: --since must be before --until, or nothing can match");
-            return EXIT_USAGE;
-        }
+    if let Err(message) = check_search_bounds(&args) {
+        eprintln!("error: {message}");
+        return EXIT_USAGE;
     }
     let (_, store) = match open_store(&args.source) {
         Ok(opened) => opened,
         Err(code) => return code,
     };
+    let (from_seq, to_seq, limit) = (args.from_seq, args.to_seq.unwrap_or(u64::MAX), args.limit);
     let filter = RecordFilter {
         since_ms: args.since,
         until_ms: args.until,
@@ -192,77 +195,112 @@ fn search(args: SearchArgs) -> i32 {
         account: args.account,
         project: args.project,
         secret: args.secret,
-        operation: args.operation,
-        outcome: args.outcome,
+        operations: args.operation,
+        outcomes: args.outcome,
         detail_value: args.detail,
     };
+
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut output_error = None;
     let mut printed = 0u64;
-    let result = audit::search_store(&store, &filter, args.from_seq, &mut |_, json| {
+    let result = audit::search_store(&store, &filter, from_seq, to_seq, &mut |_, json| {
         let written = out.write_all(json).and_then(|()| out.write_all(b"\n"));
         if let Err(e) = written {
             output_error = Some(e);
             return ControlFlow::Break(());
         }
         printed += 1;
-        if args.limit.is_some_and(|limit| printed >= limit) {
+        if limit.is_some_and(|limit| printed >= limit) {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
         }
     });
     let flushed = out.flush();
-    let report = match result {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("error: reading the audit log failed: {e}");
-            return EXIT_UNREADABLE;
+    let output = output_error.map_or(flushed, Err);
+
+    // A closed stderr must not turn a finished search into a panic.
+    let mut stderr = std::io::stderr();
+    let _ = match (&result, &output) {
+        (Err(e), _) => writeln!(stderr, "error: reading the audit log failed: {e}"),
+        (Ok(_), Err(e)) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            writeln!(stderr, "error: writing the records failed: {e}")
         }
+        (Ok(report), _) => writeln!(stderr, "{}", search_summary(report, from_seq, limit)),
     };
-    match output_error.map_or(flushed, Err) {
-        Ok(()) => {}
-        // A reader such as `head` that has read enough closes the pipe.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return EXIT_OK,
-        Err(e) => {
-            eprintln!("error: writing the records failed: {e}");
-            return EXIT_UNREADABLE;
+    search_exit_code(&result, &output)
+}
+
+/// Rejects time and sequence bounds between which no record can be.
+fn check_search_bounds(args: &SearchArgs) -> Result<(), String> {
+    if let (Some(since), Some(until)) = (args.since, args.until) {
+        if since >= until {
+            return Err(format!(
+                "--since ({since} ms) must be before --until ({until} ms), or nothing can match"
+            ));
         }
     }
-    eprintln!("{}", search_summary(&report, args.from_seq, args.limit));
-    if report.matched > 0 {
-        EXIT_OK
-    } else {
-        EXIT_FAILURE
+    match args.to_seq {
+        Some(to_seq) if to_seq < args.from_seq => Err(format!(
+            "--to-seq {to_seq} is before --from-seq {}, so no record can be read",
+            args.from_seq
+        )),
+        _ => Ok(()),
     }
 }
 
-/// The line printed to stderr after a search.
+/// Returns the exit code of a search from its result and from the result of
+/// writing its output.
+fn search_exit_code(
+    result: &Result<SearchReport, audit::AuditError>,
+    output: &std::io::Result<()>,
+) -> i32 {
+    match (result, output) {
+        (Err(_), _) => EXIT_UNREADABLE,
+        // A reader such as `head` that has read enough closes the pipe.
+        (Ok(_), Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
+        (Ok(_), Err(_)) => EXIT_UNREADABLE,
+        (Ok(report), Ok(())) if report.matched > 0 => EXIT_OK,
+        (Ok(_), Ok(())) => EXIT_FAILURE,
+    }
+}
+
+/// Formats the line that a search prints to stderr when it is done.
 fn search_summary(report: &SearchReport, from_seq: u64, limit: Option<u64>) -> String {
     let read = match (report.first_seq, report.last_seq) {
         (Some(first), Some(last)) => format!(
-            "{} records read, from record {first} to record {last}",
-            report.scanned
+            "{} read, from record {first} to record {last}",
+            count(report.scanned, "record")
         ),
-        _ if from_seq > 1 => format!("no record from record {from_seq} on"),
+        _ if from_seq > 1 => format!("no records at --from-seq {from_seq} or later"),
         _ => "the audit log has no records".to_owned(),
     };
-    let mut summary = format!("{} matched; {read}", report.matched);
+    let mut summary = format!("{} matched, {read}", report.matched);
     if let (true, Some(limit), Some(last)) = (report.stopped, limit, report.last_seq) {
         summary.push_str(&format!(
-            "; stopped at --limit {limit}, continue with --from-seq {}",
+            ". Stopped at --limit {limit}, so continue with --from-seq {} for more",
             last + 1
         ));
     }
     summary
 }
 
-/// Parses an RFC 3339 time into milliseconds since the Unix epoch.
+/// Returns `n` followed by `noun`, in the plural unless `n` is 1.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Parses an RFC 3339 time into milliseconds since the Unix epoch. A time
+/// before the epoch becomes 0, because no record is older.
 fn parse_time(text: &str) -> Result<u64, String> {
     let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map_err(|e| format!("not an RFC 3339 time such as 2026-12-05T10:00:00Z: {e}"))?;
-    u64::try_from(time.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| "the time is before 1970, when no record can have been stored".to_owned())
+    let millis = time.unix_timestamp_nanos().div_euclid(1_000_000).max(0);
+    Ok(u64::try_from(millis).unwrap_or(u64::MAX))
 }
 
 fn parse_operation(text: &str) -> Result<AuditOp, String> {
@@ -494,6 +532,68 @@ async fn hash(args: HashArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_time_gives_milliseconds() {
+        assert_eq!(parse_time("1970-01-01T00:00:01.5Z"), Ok(1500));
+        assert_eq!(
+            parse_time("2026-12-05T11:00:00+01:00"),
+            parse_time("2026-12-05T10:00:00Z")
+        );
+        assert_eq!(parse_time("2026-12-05T10:00:00Z"), Ok(1_796_464_800_000));
+        assert_eq!(parse_time("1969-12-31T23:59:59.9995Z"), Ok(0));
+        assert_eq!(parse_time("1900-01-01T00:00:00Z"), Ok(0));
+        let error = parse_time("2026-12-05").unwrap_err();
+        assert!(error.contains("not an RFC 3339 time"), "{error}");
+    }
+
+    fn report(scanned: u64, matched: u64, seqs: Option<(u64, u64)>, stopped: bool) -> SearchReport {
+        SearchReport {
+            scanned,
+            matched,
+            first_seq: seqs.map(|(first, _)| first),
+            last_seq: seqs.map(|(_, last)| last),
+            stopped,
+        }
+    }
+
+    #[test]
+    fn search_summary_names_range_and_next_start() {
+        assert_eq!(
+            search_summary(&report(5, 2, Some((1, 5)), false), 1, None),
+            "2 matched, 5 records read, from record 1 to record 5"
+        );
+        assert_eq!(
+            search_summary(&report(1, 1, Some((7, 7)), true), 7, Some(1)),
+            "1 matched, 1 record read, from record 7 to record 7. \
+             Stopped at --limit 1, so continue with --from-seq 8 for more"
+        );
+        assert_eq!(
+            search_summary(&report(0, 0, None, false), 9, None),
+            "0 matched, no records at --from-seq 9 or later"
+        );
+        assert_eq!(
+            search_summary(&report(0, 0, None, false), 1, None),
+            "0 matched, the audit log has no records"
+        );
+    }
+
+    #[test]
+    fn search_exit_codes() {
+        let matched = Ok(report(3, 1, Some((1, 3)), false));
+        let none = Ok(report(3, 0, Some((1, 3)), false));
+        let written = Ok(());
+        let pipe_closed = Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        let disk_full = Err(std::io::Error::other("no space left on device"));
+        let unreadable = Err(audit::AuditError::Inconsistent {
+            reason: "record 2 is not a valid audit record".into(),
+        });
+        assert_eq!(search_exit_code(&matched, &written), EXIT_OK);
+        assert_eq!(search_exit_code(&none, &written), EXIT_FAILURE);
+        assert_eq!(search_exit_code(&matched, &pipe_closed), EXIT_OK);
+        assert_eq!(search_exit_code(&matched, &disk_full), EXIT_UNREADABLE);
+        assert_eq!(search_exit_code(&unreadable, &written), EXIT_UNREADABLE);
+    }
 
     #[test]
     fn progress_lines_come_every_n_records() {

@@ -2,6 +2,8 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 64 usage or configuration error (EX_USAGE).
 //! `audit verify` exits with 1 for a broken audit log and 2 when it cannot read it.
+//! `audit search` exits with 1 when no record matched and 2 when it cannot read
+//! the store or write its output.
 //! The API subcommands (`agents`, `tasks`, `secrets`, `definitions`, `keys`,
 //! `audit hash`) also exit 3 for not found, 4 for a conflict or rejected request
 //! and 5 for an unauthorized or forbidden one ([`EXIT_CODES_HELP`]).
@@ -45,8 +47,10 @@ pub const EXIT_UNAUTHORIZED: i32 = 5;
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0   success
-  1   failure: a 5xx response, a connection or TLS error, a task that did not succeed
-  2   audit verify: the store or audit file cannot be read
+  1   failure: a 5xx response, a connection or TLS error, a task that did not succeed;
+      audit verify: the log is broken; audit search: no record matched
+  2   audit verify and audit search: the store or audit file cannot be read,
+      or the search output cannot be written
   3   not found (404, 410)
   4   conflict or rejected request (409, 400, 422 and other 4xx)
   5   unauthorized or forbidden (401, 403)
@@ -102,7 +106,7 @@ enum Command {
     Keys(keys_cmd::KeysCommand),
     /// Run the reference agent.
     Agent(agent_cmd::AgentArgs),
-    /// Verify the vault audit log, or hash a string to search it.
+    /// Verify or search the vault audit log, or hash a string to search for.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
     /// Back up and restore the vault store.

@@ -22,11 +22,13 @@ pub struct RecordFilter {
     pub account: Option<String>,
     pub project: Option<String>,
     pub secret: Option<String>,
-    pub operation: Option<AuditOp>,
-    pub outcome: Option<AuditOutcome>,
+    /// Operations of which the record's must be one; empty for any.
+    pub operations: Vec<AuditOp>,
+    /// Outcomes of which the record's must be one; empty for any.
+    pub outcomes: Vec<AuditOutcome>,
     /// A value that one of the record's details must have, such as the HMAC
-    /// of a sensitive string. Compared without regard to ASCII case, because
-    /// HMACs are hex.
+    /// of a sensitive string. It is compared without regard to ASCII case, so
+    /// a hex HMAC matches in either case.
     pub detail_value: Option<String>,
 }
 
@@ -43,8 +45,8 @@ impl RecordFilter {
             && text(&self.account, &record.account)
             && text(&self.project, &record.project)
             && text(&self.secret, &record.secret)
-            && self.operation.is_none_or(|op| op == record.operation)
-            && self.outcome.is_none_or(|outcome| outcome == record.outcome)
+            && (self.operations.is_empty() || self.operations.contains(&record.operation))
+            && (self.outcomes.is_empty() || self.outcomes.contains(&record.outcome))
             && self.detail_value.as_deref().is_none_or(|wanted| {
                 record
                     .details
@@ -60,26 +62,28 @@ pub struct SearchReport {
     /// Records read, matching or not.
     pub scanned: u64,
     pub matched: u64,
-    /// Sequence number of the first record read.
+    /// Sequence number in the key of the first record read.
     pub first_seq: Option<u64>,
-    /// Sequence number of the last record read.
+    /// Sequence number in the key of the last record read. The search can
+    /// continue after it, also when a record's own `seq` differs from its key.
     pub last_seq: Option<u64>,
-    /// Whether `on_match` stopped the search before the end of the log.
+    /// Whether `on_match` ended the search.
     pub stopped: bool,
 }
 
 /// Reads the records of `store` in sequence order, from record `from_seq`
 /// on, and calls `on_match` with each record that `filter` matches and the
-/// record's stored JSON. The search ends at the last record, or when
-/// `on_match` returns [`ControlFlow::Break`].
+/// record's stored JSON. The search ends after record `to_seq`, at the last
+/// record, or when `on_match` returns [`ControlFlow::Break`].
 ///
-/// This does not check the hash chain; [`super::verify_store`] does. A record
-/// that is not valid JSON of a record ends the search with
+/// The search does not check the hash chain, which [`super::verify_store`]
+/// does. A value that is not a valid record ends the search with
 /// [`AuditError::Inconsistent`], naming its key.
 pub fn search_store(
     store: &dyn KvStore,
     filter: &RecordFilter,
     from_seq: u64,
+    to_seq: u64,
     on_match: &mut dyn FnMut(&AuditRecord, &[u8]) -> ControlFlow<()>,
 ) -> Result<SearchReport, AuditError> {
     let mut report = SearchReport::default();
@@ -93,18 +97,25 @@ pub fn search_store(
         };
         after = Some(last_key.clone());
         for (key, value) in page {
-            let record: AuditRecord = serde_json::from_slice(&value).map_err(|e| {
-                let place = match seq_from_key(&key) {
-                    Some(seq) => format!("record {seq}"),
-                    None => format!("the value under key {}", hex(&key)),
-                };
-                AuditError::Inconsistent {
-                    reason: format!("{place} is not a valid audit record: {e}"),
-                }
-            })?;
+            let Some(key_seq) = seq_from_key(&key) else {
+                return Err(AuditError::Inconsistent {
+                    reason: format!(
+                        "the audit space has the {}-byte key {}, not an 8-byte sequence number",
+                        key.len(),
+                        hex(&key)
+                    ),
+                });
+            };
+            if key_seq > to_seq {
+                return Ok(report);
+            }
+            let record: AuditRecord =
+                serde_json::from_slice(&value).map_err(|e| AuditError::Inconsistent {
+                    reason: format!("record {key_seq} is not a valid audit record: {e}"),
+                })?;
             report.scanned += 1;
-            report.first_seq.get_or_insert(record.seq);
-            report.last_seq = Some(record.seq);
+            report.first_seq.get_or_insert(key_seq);
+            report.last_seq = Some(key_seq);
             if filter.matches(&record) {
                 report.matched += 1;
                 if on_match(&record, &value).is_break() {

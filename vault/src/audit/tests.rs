@@ -162,7 +162,7 @@ fn operation_and_outcome_names_match_serde() {
 }
 
 #[test]
-fn names_parse_back() {
+fn from_name_inverts_as_str() {
     for operation in AuditOp::ALL {
         assert_eq!(AuditOp::from_name(operation.as_str()), Some(operation));
     }
@@ -200,8 +200,17 @@ fn searchable_log(store: &Arc<MemStore>) {
 }
 
 fn search_seqs(store: &dyn KvStore, filter: &RecordFilter, from: u64) -> (Vec<u64>, SearchReport) {
+    search_range(store, filter, from, u64::MAX)
+}
+
+fn search_range(
+    store: &dyn KvStore,
+    filter: &RecordFilter,
+    from: u64,
+    to: u64,
+) -> (Vec<u64>, SearchReport) {
     let mut seqs = Vec::new();
-    let report = search_store(store, filter, from, &mut |record, json| {
+    let report = search_store(store, filter, from, to, &mut |record, json| {
         let parsed: AuditRecord = serde_json::from_slice(json).unwrap();
         assert_eq!(&parsed, record, "the stored JSON is the record's");
         seqs.push(record.seq);
@@ -212,7 +221,7 @@ fn search_seqs(store: &dyn KvStore, filter: &RecordFilter, from: u64) -> (Vec<u6
 }
 
 #[test]
-fn search_matches_every_condition() {
+fn search_matches_names_and_details() {
     let store = Arc::new(MemStore::default());
     searchable_log(&store);
     let all = RecordFilter::default();
@@ -236,12 +245,22 @@ fn search_matches_every_condition() {
     );
 
     let denied_writes = RecordFilter {
-        operation: Some(AuditOp::Write),
-        outcome: Some(AuditOutcome::Denied),
+        operations: vec![AuditOp::Write],
+        outcomes: vec![AuditOutcome::Denied],
         actor: Some("intruder".into()),
         ..RecordFilter::default()
     };
     assert_eq!(search_seqs(&*store, &denied_writes, 1).0, [2]);
+    let reads_or_writes = RecordFilter {
+        operations: vec![AuditOp::Write, AuditOp::ReadValue],
+        ..RecordFilter::default()
+    };
+    assert_eq!(search_seqs(&*store, &reads_or_writes, 1).0, [1, 2, 3, 4, 5]);
+    let denied_or_error = RecordFilter {
+        outcomes: vec![AuditOutcome::Error, AuditOutcome::Denied],
+        ..RecordFilter::default()
+    };
+    assert_eq!(search_seqs(&*store, &denied_or_error, 1).0, [2]);
 
     let by_hmac = RecordFilter {
         detail_value: Some("AB12CD".into()),
@@ -254,27 +273,104 @@ fn search_matches_every_condition() {
         ..secret_a.clone()
     };
     assert_eq!(search_seqs(&*store, &other_project, 1).0, Vec::<u64>::new());
+}
 
-    let records = stored_records(&*store);
-    let window = RecordFilter {
-        since_ms: Some(records[0].time_ms),
-        until_ms: Some(records[0].time_ms),
-        ..RecordFilter::default()
-    };
-    assert_eq!(
-        search_seqs(&*store, &window, 1).0,
-        Vec::<u64>::new(),
-        "`until` is excluded"
-    );
-    let from_first = RecordFilter {
-        since_ms: Some(records[0].time_ms),
-        ..RecordFilter::default()
-    };
-    assert_eq!(search_seqs(&*store, &from_first, 1).0.len(), 5);
+/// Stores records 1 to 4 directly, at times 1000, 2000, 3000 and 4000 ms,
+/// for accounts a, b, a, b and request ids r1 to r4. The search does not
+/// check the chain, so their hashes are not linked.
+fn timed_records(store: &MemStore) {
+    for seq in 1..=4u64 {
+        let account = if seq % 2 == 1 { "a" } else { "b" };
+        let record = AuditRecord::new(
+            seq,
+            seq * 1000,
+            AuditEvent {
+                request_id: format!("r{seq}"),
+                account: account.into(),
+                ..event("s", AuditOutcome::Success)
+            },
+            GENESIS_HASH,
+        );
+        put_raw(
+            store,
+            Space::Audit,
+            &seq_key(seq),
+            record.to_json().as_bytes(),
+        );
+    }
 }
 
 #[test]
-fn search_starts_at_sequence_and_stops_when_told() {
+fn search_matches_time_account_request() {
+    let store = MemStore::default();
+    timed_records(&store);
+    let window = |since_ms, until_ms| RecordFilter {
+        since_ms,
+        until_ms,
+        ..RecordFilter::default()
+    };
+    assert_eq!(
+        search_seqs(&store, &window(Some(2000), None), 1).0,
+        [2, 3, 4]
+    );
+    assert_eq!(search_seqs(&store, &window(None, Some(2000)), 1).0, [1]);
+    assert_eq!(
+        search_seqs(&store, &window(Some(2000), Some(3000)), 1).0,
+        [2],
+        "`since` is included and `until` excluded"
+    );
+    assert_eq!(
+        search_seqs(&store, &window(Some(4001), None), 1).0,
+        Vec::<u64>::new()
+    );
+
+    let account_b = RecordFilter {
+        account: Some("b".into()),
+        ..RecordFilter::default()
+    };
+    assert_eq!(search_seqs(&store, &account_b, 1).0, [2, 4]);
+    let request_r3 = RecordFilter {
+        request_id: Some("r3".into()),
+        ..RecordFilter::default()
+    };
+    assert_eq!(search_seqs(&store, &request_r3, 1).0, [3]);
+}
+
+#[test]
+fn search_stops_after_to_seq() {
+    let store = MemStore::default();
+    timed_records(&store);
+    let all = RecordFilter::default();
+    let (seqs, report) = search_range(&store, &all, 2, 3);
+    assert_eq!(seqs, [2, 3]);
+    assert_eq!((report.first_seq, report.last_seq), (Some(2), Some(3)));
+    assert!(
+        !report.stopped,
+        "the range ended the search, not the caller"
+    );
+    assert_eq!(search_range(&store, &all, 3, 3).0, [3]);
+}
+
+#[test]
+fn search_reads_past_one_page() {
+    let store = Arc::new(MemStore::default());
+    let log = start(&store);
+    append_many(&log, 1005);
+    let all = RecordFilter::default();
+    let (seqs, report) = search_seqs(&*store, &all, 1);
+    assert_eq!(seqs, (1..=1005).collect::<Vec<u64>>());
+    assert_eq!(report.scanned, 1005);
+    let (seqs, _) = search_seqs(&*store, &all, 999);
+    assert_eq!(seqs, (999..=1005).collect::<Vec<u64>>());
+    let secret_1001 = RecordFilter {
+        secret: Some("secret-1001".into()),
+        ..RecordFilter::default()
+    };
+    assert_eq!(search_seqs(&*store, &secret_1001, 1).0, [1001]);
+}
+
+#[test]
+fn search_from_seq_and_break() {
     let store = Arc::new(MemStore::default());
     searchable_log(&store);
     let secret_a = RecordFilter {
@@ -292,7 +388,7 @@ fn search_starts_at_sequence_and_stops_when_told() {
     );
 
     let mut first = None;
-    let report = search_store(&*store, &secret_a, 1, &mut |record, _| {
+    let report = search_store(&*store, &secret_a, 1, u64::MAX, &mut |record, _| {
         first = Some(record.seq);
         std::ops::ControlFlow::Break(())
     })
@@ -307,9 +403,13 @@ fn search_names_an_unreadable_record() {
     let store = Arc::new(MemStore::default());
     searchable_log(&store);
     put_raw(&*store, Space::Audit, &seq_key(3), b"{not json");
-    let error = search_store(&*store, &RecordFilter::default(), 1, &mut |_, _| {
-        std::ops::ControlFlow::Continue(())
-    })
+    let error = search_store(
+        &*store,
+        &RecordFilter::default(),
+        1,
+        u64::MAX,
+        &mut |_, _| std::ops::ControlFlow::Continue(()),
+    )
     .unwrap_err();
     let message = error.to_string();
     assert!(

@@ -509,24 +509,17 @@ fn read_record(store: &dyn KvStore, seq: u64) -> Result<Option<AuditRecord>, Aud
 /// Reads every record after `seq`, in order.
 fn read_records_after(store: &dyn KvStore, seq: u64) -> Result<Vec<AuditRecord>, AuditError> {
     let mut records = Vec::new();
-    let mut after = seq_key(seq).to_vec();
-    loop {
-        let page = store.scan_prefix(Space::Audit, b"", Some(&after), 1000)?;
-        let Some((last_key, _)) = page.last() else {
-            return Ok(records);
-        };
-        after.clone_from(last_key);
-        for (key, value) in page {
-            let record: AuditRecord =
-                serde_json::from_slice(&value).map_err(|e| AuditError::Inconsistent {
-                    reason: format!(
-                        "the record under key {} is not a valid audit record: {e}",
-                        hex(&key)
-                    ),
-                })?;
-            records.push(record);
-        }
-    }
+    search_store(
+        store,
+        &RecordFilter::default(),
+        seq.saturating_add(1),
+        u64::MAX,
+        &mut |record, _| {
+            records.push(record.clone());
+            std::ops::ControlFlow::Continue(())
+        },
+    )?;
+    Ok(records)
 }
 
 /// Key of record `seq` in the `audit` space: u64 big-endian, so keys sort by sequence.
